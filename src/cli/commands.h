@@ -1,0 +1,14 @@
+// Subcommands of the mixattn binary. Each Register* adds one subcommand (its flags, help and the
+// callback that runs it) to the top-level app; main.cc only collects them.
+#pragma once
+
+namespace CLI {
+class App;
+}
+
+namespace mixattn::cli {
+
+void RegisterPlanCommand(CLI::App& app);
+void RegisterInitCommand(CLI::App& app);
+
+}  // namespace mixattn::cli

@@ -1,0 +1,27 @@
+// mixattn: define, train, evaluate and serve MixAttention language models.
+#include <cstdio>
+
+#include <CLI/CLI.hpp>
+
+#include "cli/commands.h"
+#include "core/error.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "mixattn: define, train, evaluate and serve MixAttention language models.\n"
+      "Layers mix full and sliding-window attention and may read an earlier layer's KV cache,\n"
+      "so the KV cache shrinks by an order of magnitude at long context."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "mixattn 0.1.0");
+  mixattn::cli::RegisterPlanCommand(app);
+  mixattn::cli::RegisterInitCommand(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const mixattn::Error& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
