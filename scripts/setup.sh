@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything mixattn needs from Debian 12 packages. Safe to run again: packages already
+# present are skipped, and nothing is downloaded when all are there.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake pkg-config git clang libclang-rt-14-dev clang-format
+  # libraries (ARCHITECTURE.md, "Numbers and dependencies")
+  libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
+  libsentencepiece-dev libdnnl-dev libhwy-dev
+  # test oracle and plots: Debian's own Python with PyTorch
+  python3 python3-torch python3-numpy python3-yaml python3-matplotlib
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all ${#packages[@]} packages are installed"
+  exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+echo "setup: installing ${missing[*]}"
+$sudo apt-get update -q
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "setup: done"
