@@ -11,12 +11,16 @@ int main(int argc, char** argv) {
       "mixattn: define, train, evaluate and serve MixAttention language models.\n"
       "Layers mix full and sliding-window attention and may read an earlier layer's KV cache,\n"
       "so the KV cache shrinks by an order of magnitude at long context."};
-  app.require_subcommand(1);
+  app.require_subcommand(0, 1);
   app.set_version_flag("--version", "mixattn 0.1.0");
   mixattn::cli::RegisterPlanCommand(app);
   mixattn::cli::RegisterInitCommand(app);
   try {
     app.parse(argc, argv);
+    if (app.get_subcommands().empty()) {
+      std::fprintf(stderr, "%s\nerror: give a subcommand (see the list above)\n", app.help().c_str());
+      return 1;
+    }
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const mixattn::Error& e) {
