@@ -104,7 +104,8 @@ void PrintPlan(const PlanReport& report, const PlanOptions& options, int64_t bud
   std::printf("%s: %d layers, hidden %d, %d heads, %d KV heads x %d dims, %s parameters\n",
               report.label.c_str(), c.num_layers(), c.hidden_size, c.num_attention_heads,
               c.num_key_value_heads, c.head_dim, std::to_string(ParameterCount(c)).c_str());
-  std::printf("\n%5s  %-8s %7s  %-10s %s\n", "layer", "kind", "window", "kv owner", "tokens held @" );
+  std::printf("\n%5s  %-8s %7s  %-10s tokens cached at %lld\n", "layer", "kind", "window", "kv owner",
+              static_cast<long long>(options.context));
   for (int i = 0; i < c.num_layers(); ++i) {
     const LayerSpec& spec = plan.layer(i);
     const std::string window = spec.kind == AttentionKind::kSliding ? std::to_string(spec.window) : "-";
