@@ -91,6 +91,7 @@ def main():
   n_heads: 4
   n_layers: 13
   attn_config:
+    attn_type: grouped_query_attention
     kv_n_heads: 1
   block_overrides:
     order:
