@@ -11,8 +11,8 @@
 namespace mixattn {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::ErrorMessage;
+using ::testing::HasSubstr;
 using Json = nlohmann::ordered_json;
 
 // A 4-layer config: F, S(8), S>1, F>0.
@@ -70,7 +70,8 @@ TEST(ConfigTest, PerLayerWindowList) {
 TEST(ConfigTest, ChainsCollapseToTheProducingLayer) {
   Json config = ValidConfig();
   // 3 -> 2 -> 1 -> 0: every reader ends up on layer 0, the only producer.
-  config["layer_types"] = Json::parse(R"(["full_attention", "full_attention", "full_attention", "sliding_attention"])");
+  config["layer_types"] =
+      Json::parse(R"(["full_attention", "full_attention", "full_attention", "sliding_attention"])");
   config["kv_source_layers"] = Json::parse("[0, 0, 1, 2]");
   const ModelConfig parsed = ParseConfigJson(config.dump(), "cfg.json");
   EXPECT_EQ(parsed.layers[1].kv_source, 0);
@@ -98,7 +99,8 @@ TEST(ConfigTest, RejectsFullLayerReadingSlidingCache) {
 
 TEST(ConfigTest, RejectsFullLayerReadingSlidingCacheThroughAChain) {
   Json config = ValidConfig();
-  config["layer_types"] = Json::parse(R"(["sliding_attention", "sliding_attention", "full_attention", "full_attention"])");
+  config["layer_types"] = Json::parse(
+      R"(["sliding_attention", "sliding_attention", "full_attention", "full_attention"])");
   config["kv_source_layers"] = Json::parse("[0, 0, 2, 1]");  // layer 3 -> 1 -> 0 (sliding)
   const std::string message = ParseError(config);
   EXPECT_THAT(message, HasSubstr("layer 3 (full_attention)"));
@@ -125,17 +127,20 @@ TEST(ConfigTest, SlidingLayerMayReadFullCache) {
 TEST(ConfigTest, RejectsHeadsThatDoNotDivide) {
   Json config = ValidConfig();
   config["num_key_value_heads"] = 3;
-  EXPECT_THAT(ParseError(config), HasSubstr("num_attention_heads = 4 is not divisible by num_key_value_heads = 3"));
+  EXPECT_THAT(ParseError(config),
+              HasSubstr("num_attention_heads = 4 is not divisible by num_key_value_heads = 3"));
 }
 
 TEST(ConfigTest, RejectsMissingFields) {
-  for (const char* field : {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-                            "head_dim", "intermediate_size", "vocab_size", "rope_theta", "rms_norm_eps",
-                            "max_position_embeddings", "tie_word_embeddings", "layer_types", "kv_source_layers",
-                            "sliding_window"}) {
+  for (const char* field :
+       {"hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+        "head_dim", "intermediate_size", "vocab_size", "rope_theta", "rms_norm_eps",
+        "max_position_embeddings", "tie_word_embeddings", "layer_types", "kv_source_layers",
+        "sliding_window"}) {
     Json config = ValidConfig();
     config.erase(field);
-    EXPECT_THAT(ParseError(config), HasSubstr(std::string("missing field '") + field + "'")) << field;
+    EXPECT_THAT(ParseError(config), HasSubstr(std::string("missing field '") + field + "'"))
+        << field;
   }
 }
 
@@ -157,10 +162,13 @@ TEST(ConfigTest, RejectsWrongTypesAndValues) {
       {"head_dim", 7, "head_dim = 7 must be even"},
       {"rope_theta", -1.0, "'rope_theta' must be > 0"},
       {"tie_word_embeddings", 1, "must be true or false"},
-      {"layer_types", Json::parse(R"(["full_attention"])"), "'layer_types' has 1 entries; num_hidden_layers is 4"},
-      {"layer_types", Json::parse(R"(["full", "sliding_attention", "sliding_attention", "full_attention"])"),
+      {"layer_types", Json::parse(R"(["full_attention"])"),
+       "'layer_types' has 1 entries; num_hidden_layers is 4"},
+      {"layer_types",
+       Json::parse(R"(["full", "sliding_attention", "sliding_attention", "full_attention"])"),
        "layer_types[0] = \"full\""},
-      {"kv_source_layers", Json::parse(R"([0, 1, "1", 0])"), "kv_source_layers[2] must be a layer index"},
+      {"kv_source_layers", Json::parse(R"([0, 1, "1", 0])"),
+       "kv_source_layers[2] must be a layer index"},
       {"kv_source_layers", Json::parse(R"([0, 1, -1, 0])"), "layer 2 has kv_source_layers[2] = -1"},
       {"sliding_window", 0, "sliding_window = 0 must be a window of at least 1 token"},
       {"sliding_window", Json::parse("[8, 8]"), "'sliding_window' has 2 entries"},
@@ -175,8 +183,10 @@ TEST(ConfigTest, RejectsWrongTypesAndValues) {
 }
 
 TEST(ConfigTest, RejectsMalformedJson) {
-  EXPECT_THAT(ErrorMessage([] { ParseConfigJson("{\"hidden_size\": ", "bad.json"); }), HasSubstr("bad.json: not valid JSON"));
-  EXPECT_THAT(ErrorMessage([] { ParseConfigJson("[1, 2]", "bad.json"); }), HasSubstr("expected a JSON object"));
+  EXPECT_THAT(ErrorMessage([] { ParseConfigJson("{\"hidden_size\": ", "bad.json"); }),
+              HasSubstr("bad.json: not valid JSON"));
+  EXPECT_THAT(ErrorMessage([] { ParseConfigJson("[1, 2]", "bad.json"); }),
+              HasSubstr("expected a JSON object"));
 }
 
 TEST(ConfigTest, LoadConfigFileNamesMissingFile) {

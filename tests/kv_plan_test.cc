@@ -43,7 +43,8 @@ TEST(KvPlanTest, ByteFigures) {
   EXPECT_EQ(plan.max_sequences(per_sequence - 1, 1000, DType::kBF16), 0);
   // A decode step reads, per layer, the tokens in its window from its owner's cache: layers
   // 0, 2, 5, 7 are full (1000 each), 1, 3, 4, 6 sliding (100 each).
-  EXPECT_EQ(plan.kv_bytes_read_per_decode_token(1000, DType::kBF16), (4 * 1000 + 4 * 100) * slot_bf16);
+  EXPECT_EQ(plan.kv_bytes_read_per_decode_token(1000, DType::kBF16),
+            (4 * 1000 + 4 * 100) * slot_bf16);
 }
 
 }  // namespace

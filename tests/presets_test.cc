@@ -14,8 +14,8 @@
 namespace mixattn {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::ErrorMessage;
+using ::testing::HasSubstr;
 
 struct PresetRow {
   std::string name;
@@ -30,7 +30,8 @@ struct PresetRow {
 std::vector<PresetRow> ReadPresetTable(int num_layers) {
   std::ifstream in(std::string(MIXATTN_SHARED_DIR) + "/PRESETS.md");
   EXPECT_TRUE(in.good()) << "cannot read " << MIXATTN_SHARED_DIR << "/PRESETS.md";
-  const std::regex row(R"(^(\S+)\s+owners=\s*(\d+) kv_token_layers@(\d+)=\s*(\d+) reduction=\s*([\d.]+)x\s+(.*\S)\s*$)");
+  const std::regex row(
+      R"(^(\S+)\s+owners=\s*(\d+) kv_token_layers@(\d+)=\s*(\d+) reduction=\s*([\d.]+)x\s+(.*\S)\s*$)");
   std::vector<PresetRow> rows;
   std::string line;
   std::smatch m;
@@ -45,7 +46,8 @@ std::vector<PresetRow> ReadPresetTable(int num_layers) {
 
 void ExpectMatchesTable(int num_layers, int window) {
   const std::vector<PresetRow> rows = ReadPresetTable(num_layers);
-  ASSERT_EQ(rows.size(), Presets().size()) << "PRESETS.md should list every preset for L=" << num_layers;
+  ASSERT_EQ(rows.size(), Presets().size())
+      << "PRESETS.md should list every preset for L=" << num_layers;
   for (const PresetRow& row : rows) {
     ModelShape shape;
     shape.layers = num_layers;
@@ -57,7 +59,8 @@ void ExpectMatchesTable(int num_layers, int window) {
     EXPECT_EQ(plan.kv_token_layers(row.context), row.kv_token_layers) << row.name;
     char reduction[32];
     std::snprintf(reduction, sizeof reduction, "%.1f",
-                  static_cast<double>(num_layers * row.context) / static_cast<double>(plan.kv_token_layers(row.context)));
+                  static_cast<double>(num_layers * row.context) /
+                      static_cast<double>(plan.kv_token_layers(row.context)));
     EXPECT_EQ(reduction, row.reduction) << row.name;
   }
 }
@@ -82,9 +85,11 @@ TEST(PresetsTest, ValidAtEveryDepth) {
           full_owners += plan.owns_kv(i);
         }
         // No sliding group is larger than 2 except in the slideshare variants and characterai.
-        if (preset.name == "ma" || preset.name == "ma-pairs" || preset.name == "ma-offset" || preset.name == "ma-endslide") {
+        if (preset.name == "ma" || preset.name == "ma-pairs" || preset.name == "ma-offset" ||
+            preset.name == "ma-endslide") {
           if (plan.owns_kv(i) && plan.layer(i).kind == AttentionKind::kSliding) {
-            EXPECT_LE(plan.kv_readers(i).size(), 2u) << preset.name << " L=" << layers << " layer " << i;
+            EXPECT_LE(plan.kv_readers(i).size(), 2u)
+                << preset.name << " L=" << layers << " layer " << i;
           }
         }
       }
@@ -120,12 +125,14 @@ TEST(PresetsTest, ValidAtEveryDepth) {
 }
 
 TEST(PresetsTest, RejectsUnknownNameAndShallowDepth) {
-  EXPECT_THAT(ErrorMessage([] { PresetLayers("mixattention", 24, 1024); }),
-              HasSubstr("unknown preset 'mixattention'; known presets: standard, all-sliding, ma,"));
+  EXPECT_THAT(
+      ErrorMessage([] { PresetLayers("mixattention", 24, 1024); }),
+      HasSubstr("unknown preset 'mixattention'; known presets: standard, all-sliding, ma,"));
   EXPECT_THAT(ErrorMessage([] { PresetLayers("ma-pairs", 6, 1024); }),
               HasSubstr("preset 'ma-pairs' needs at least 8 layers (got 6)"));
   EXPECT_EQ(PresetLayers("standard", 2, 16).size(), 2u);
-  EXPECT_THAT(ErrorMessage([] { PresetLayers("ma", 24, 0); }), HasSubstr("window must be at least 1"));
+  EXPECT_THAT(ErrorMessage([] { PresetLayers("ma", 24, 0); }),
+              HasSubstr("window must be at least 1"));
 }
 
 }  // namespace

@@ -39,7 +39,8 @@ double MaxAbsDiffRows(const Tensor& a, const Tensor& b, int64_t first_row, int64
   const int64_t width = a.shape[1];
   double diff = 0;
   for (int64_t i = first_row * width; i < last_row * width; ++i) {
-    diff = std::max(diff, static_cast<double>(std::fabs(a.data[static_cast<size_t>(i)] - b.data[static_cast<size_t>(i)])));
+    diff = std::max(diff, static_cast<double>(std::fabs(a.data[static_cast<size_t>(i)] -
+                                                        b.data[static_cast<size_t>(i)])));
   }
   return diff;
 }

@@ -18,8 +18,8 @@ std::vector<float> RandomVector(size_t n, uint64_t seed) {
 }
 
 TEST(ScalarOpsTest, MatMulTransposedSmallExample) {
-  const std::vector<float> x = {1, 2, 3, 4, 5, 6};            // [2, 3]
-  const std::vector<float> w = {1, 0, -1, 2, 1, 0};           // [2, 3]
+  const std::vector<float> x = {1, 2, 3, 4, 5, 6};   // [2, 3]
+  const std::vector<float> w = {1, 0, -1, 2, 1, 0};  // [2, 3]
   std::vector<float> y(4);
   MatMulTransposedScalar(x.data(), w.data(), 2, 2, 3, y.data());
   EXPECT_EQ(y, (std::vector<float>{-2, 4, -2, 13}));
@@ -43,7 +43,8 @@ TEST(ScalarOpsTest, RopeRotatesPairsAndKeepsNorms) {
   std::vector<float> x = RandomVector(tokens * heads * dim, 2);
   const std::vector<float> original = x;
   RopeScalar(x.data(), tokens, heads, dim, 0, 10000.0);
-  for (int64_t i = 0; i < heads * dim; ++i) EXPECT_FLOAT_EQ(x[i], original[i]) << "position 0 is the identity";
+  for (int64_t i = 0; i < heads * dim; ++i)
+    EXPECT_FLOAT_EQ(x[i], original[i]) << "position 0 is the identity";
   for (int64_t t = 0; t < tokens; ++t) {
     for (int64_t h = 0; h < heads; ++h) {
       for (int64_t j = 0; j < dim / 2; ++j) {
@@ -91,7 +92,8 @@ TEST(ScalarOpsTest, AttentionWithZeroQueryAveragesTheWindow) {
   const std::vector<float> k = RandomVector(tokens * kv_heads * dim, 5);
   const std::vector<float> v = RandomVector(tokens * kv_heads * dim, 6);
   std::vector<float> out(tokens * heads * dim);
-  CausalAttentionScalar(q.data(), k.data(), v.data(), tokens, heads, kv_heads, dim, window, out.data());
+  CausalAttentionScalar(q.data(), k.data(), v.data(), tokens, heads, kv_heads, dim, window,
+                        out.data());
   for (int64_t p = 0; p < tokens; ++p) {
     const int64_t first = std::max<int64_t>(0, p - window + 1);
     for (int64_t d = 0; d < dim; ++d) {

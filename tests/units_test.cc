@@ -18,7 +18,9 @@ TEST(UnitsTest, ParsesByteSizes) {
 
 TEST(UnitsTest, RejectsBadSizes) {
   for (const char* bad : {"", "GiB", "8 GiB", "8GiBs", "-1GiB", "1.2.3GB", "0", "0.1"}) {
-    EXPECT_THAT(testing::ErrorMessage([&] { ParseByteSize(bad, "--budget"); }), ::testing::HasSubstr("--budget")) << bad;
+    EXPECT_THAT(testing::ErrorMessage([&] { ParseByteSize(bad, "--budget"); }),
+                ::testing::HasSubstr("--budget"))
+        << bad;
   }
 }
 

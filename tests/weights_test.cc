@@ -13,8 +13,8 @@
 namespace mixattn {
 namespace {
 
-using ::testing::HasSubstr;
 using testing::ErrorMessage;
+using ::testing::HasSubstr;
 using testing::TempDir;
 
 ModelConfig SmallConfig(const char* preset, bool tied = true) {
@@ -52,7 +52,8 @@ TEST(WeightsTest, ExpectedTensorsFollowThePlan) {
 
 TEST(WeightsTest, RandomWeightsAreDeterministic) {
   const ModelConfig config = SmallConfig("ma");
-  const ModelWeights a = RandomWeights(config, 42), b = RandomWeights(config, 42), c = RandomWeights(config, 43);
+  const ModelWeights a = RandomWeights(config, 42), b = RandomWeights(config, 42),
+                     c = RandomWeights(config, 43);
   EXPECT_EQ(a.layers[3].q_proj.data, b.layers[3].q_proj.data);
   EXPECT_NE(a.layers[3].q_proj.data, c.layers[3].q_proj.data);
 }
@@ -67,14 +68,16 @@ TEST(WeightsTest, ModelDirRoundTripF32AndBf16) {
   const LoadedModel f32 = LoadModelDir(dir.file("f32"));
   EXPECT_EQ(ConfigToJson(f32.config), ConfigToJson(config));
   EXPECT_EQ(f32.weights.layers[1].kv->k_proj.data, weights.layers[1].kv->k_proj.data);
-  EXPECT_EQ(ReferenceForward(f32.config, f32.weights, tokens).data, ReferenceForward(config, weights, tokens).data);
+  EXPECT_EQ(ReferenceForward(f32.config, f32.weights, tokens).data,
+            ReferenceForward(config, weights, tokens).data);
 
   SaveModelDir(dir.file("bf16"), config, weights, DType::kBF16);
   const LoadedModel bf16 = LoadModelDir(dir.file("bf16"));
   const std::vector<float>& original = weights.lm_head->data;
   const std::vector<float>& rounded = bf16.weights.lm_head->data;
   for (size_t i = 0; i < original.size(); ++i) {
-    EXPECT_NEAR(rounded[i], original[i], std::fabs(original[i]) * (1.0 / 256)) << i;  // 8 mantissa bits
+    EXPECT_NEAR(rounded[i], original[i], std::fabs(original[i]) * (1.0 / 256))
+        << i;  // 8 mantissa bits
     EXPECT_EQ(rounded[i], Bf16ToF32(F32ToBf16(original[i])));
   }
 }
@@ -85,7 +88,8 @@ std::string LoadError(const ModelConfig& config, Edit&& edit) {
   const TempDir dir;
   const std::vector<float> zeros(100000, 0.0f);
   std::vector<SafetensorsWriteItem> items;
-  for (const TensorSpec& spec : ExpectedTensors(config)) items.push_back({spec.name, DType::kF32, spec.shape, zeros.data()});
+  for (const TensorSpec& spec : ExpectedTensors(config))
+    items.push_back({spec.name, DType::kF32, spec.shape, zeros.data()});
   edit(items);
   WriteSafetensors(dir.file("model.safetensors"), items);
   const SafetensorsFile file = SafetensorsFile::Open(dir.file("model.safetensors"));
@@ -97,21 +101,29 @@ TEST(WeightsTest, RejectsMismatchedFiles) {
   EXPECT_THAT(LoadError(config, [](auto& items) { items.erase(items.begin() + 3); }),
               HasSubstr("is missing; the config requires it with shape"));
   EXPECT_THAT(LoadError(config, [](auto& items) { items[1].shape = {17}; }),
-              HasSubstr("tensor 'model.layers.0.input_layernorm.weight' has shape [17]; the config requires [16]"));
-  EXPECT_THAT(LoadError(config, [](auto& items) {
-                items.push_back({"model.layers.2.self_attn.k_proj.weight", DType::kF32, {8, 16}, items[0].data});
-              }),
-              HasSubstr("unexpected tensor 'model.layers.2.self_attn.k_proj.weight' (the config says this layer "
-                        "reads another layer's KV"));
-  EXPECT_THAT(LoadError(config, [](auto& items) {
-                items.push_back({"lm_head.weight", DType::kF32, {30, 16}, items[0].data});
-              }),
+              HasSubstr("tensor 'model.layers.0.input_layernorm.weight' has shape [17]; the config "
+                        "requires [16]"));
+  EXPECT_THAT(
+      LoadError(
+          config,
+          [](auto& items) {
+            items.push_back(
+                {"model.layers.2.self_attn.k_proj.weight", DType::kF32, {8, 16}, items[0].data});
+          }),
+      HasSubstr(
+          "unexpected tensor 'model.layers.2.self_attn.k_proj.weight' (the config says this layer "
+          "reads another layer's KV"));
+  EXPECT_THAT(LoadError(config,
+                        [](auto& items) {
+                          items.push_back({"lm_head.weight", DType::kF32, {30, 16}, items[0].data});
+                        }),
               HasSubstr("ties the output embedding"));
 }
 
 TEST(WeightsTest, LoadModelDirNamesTheProblem) {
   const TempDir dir;
-  EXPECT_THAT(ErrorMessage([&] { LoadModelDir(dir.file("absent")); }), HasSubstr("not a model directory"));
+  EXPECT_THAT(ErrorMessage([&] { LoadModelDir(dir.file("absent")); }),
+              HasSubstr("not a model directory"));
   SaveModelDir(dir.file("m"), SmallConfig("ma"), RandomWeights(SmallConfig("ma"), 1), DType::kF32);
   std::filesystem::remove(dir.file("m/model.safetensors"));
   EXPECT_THAT(ErrorMessage([&] { LoadModelDir(dir.file("m")); }), HasSubstr("model.safetensors"));

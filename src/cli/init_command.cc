@@ -1,10 +1,9 @@
 // mixattn init: writes a model directory (config.json + model.safetensors) with random weights,
 // for tests, benchmarks and as the starting point of training.
+#include <CLI/CLI.hpp>
 #include <cstdio>
 #include <memory>
 #include <string>
-
-#include <CLI/CLI.hpp>
 
 #include "cli/commands.h"
 #include "cli/model_source.h"
@@ -44,7 +43,8 @@ ModelShape InitDefaultShape() {
 void RunInit(const ModelSource& source, const InitOptions& options) {
   ModelConfig config = source.Resolve();
   if (options.untied || options.max_position > 0) {
-    if (source.has_config()) Fail("--untied and --max-position apply to --preset; edit the config file instead");
+    if (source.has_config())
+      Fail("--untied and --max-position apply to --preset; edit the config file instead");
     if (options.untied) config.tie_word_embeddings = false;
     if (options.max_position > 0) config.max_position_embeddings = options.max_position;
     ValidateConfig(config);
@@ -52,8 +52,8 @@ void RunInit(const ModelSource& source, const InitOptions& options) {
   const DType dtype = options.dtype == "bf16" ? DType::kBF16 : DType::kF32;
   const int64_t bytes = ParameterCount(config) * DTypeSize(dtype);
   std::fprintf(stderr, "writing %s: %lld parameters (%s as %s), seed %llu\n", options.out.c_str(),
-               static_cast<long long>(ParameterCount(config)), FormatBytes(bytes).c_str(), options.dtype.c_str(),
-               static_cast<unsigned long long>(options.seed));
+               static_cast<long long>(ParameterCount(config)), FormatBytes(bytes).c_str(),
+               options.dtype.c_str(), static_cast<unsigned long long>(options.seed));
   const ModelWeights weights = RandomWeights(config, options.seed, options.norm_jitter);
   SaveModelDir(options.out, config, weights, dtype);
 }
@@ -67,16 +67,22 @@ void RegisterInitCommand(CLI::App& app) {
   auto source = std::make_shared<ModelSource>(InitDefaultShape());
   source->Register(*command);
   command->add_option("--out", options->out, "model directory to create or overwrite")->required();
-  command->add_option("--seed", options->seed, "random seed (same seed, same weights)")->capture_default_str();
+  command->add_option("--seed", options->seed, "random seed (same seed, same weights)")
+      ->capture_default_str();
   command->add_option("--dtype", options->dtype, "element type of the stored weights")
       ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
-  command->add_flag("--untied", options->untied, "separate output projection (lm_head) instead of tied embeddings");
-  command->add_option("--max-position", options->max_position, "max_position_embeddings (default 4096)")
+  command->add_flag("--untied", options->untied,
+                    "separate output projection (lm_head) instead of tied embeddings");
+  command
+      ->add_option("--max-position", options->max_position,
+                   "max_position_embeddings (default 4096)")
       ->check(CLI::Range(1, 1 << 24));
-  command->add_option("--norm-jitter", options->norm_jitter,
-                      "standard deviation of random noise on the norm weights (0 = all ones; tests use it "
-                      "so that norm weights matter)")
+  command
+      ->add_option(
+          "--norm-jitter", options->norm_jitter,
+          "standard deviation of random noise on the norm weights (0 = all ones; tests use it "
+          "so that norm weights matter)")
       ->check(CLI::Range(0.0, 1.0));
   command->callback([options, source]() { RunInit(*source, *options); });
 }

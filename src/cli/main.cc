@@ -1,7 +1,6 @@
 // mixattn: define, train, evaluate and serve MixAttention language models.
-#include <cstdio>
-
 #include <CLI/CLI.hpp>
+#include <cstdio>
 
 #include "cli/commands.h"
 #include "core/error.h"
@@ -18,7 +17,8 @@ int main(int argc, char** argv) {
   try {
     app.parse(argc, argv);
     if (app.get_subcommands().empty()) {
-      std::fprintf(stderr, "%s\nerror: give a subcommand (see the list above)\n", app.help().c_str());
+      std::fprintf(stderr, "%s\nerror: give a subcommand (see the list above)\n",
+                   app.help().c_str());
       return 1;
     }
   } catch (const CLI::ParseError& e) {

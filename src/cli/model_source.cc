@@ -1,11 +1,10 @@
 #include "cli/model_source.h"
 
+#include <CLI/CLI.hpp>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
-
-#include <CLI/CLI.hpp>
 
 #include "core/error.h"
 #include "model/foundry_import.h"
@@ -32,9 +31,10 @@ std::string PresetList() {
 
 void ModelSource::Register(CLI::App& command) {
   command.add_option("--preset", preset_, "layer-plan preset:" + PresetList())->group("Model");
-  command.add_option("--config", config_path_,
-                     "config.json, or an LLM Foundry YAML/JSON with block_overrides (shape flags "
-                     "fill what it leaves out)")
+  command
+      .add_option("--config", config_path_,
+                  "config.json, or an LLM Foundry YAML/JSON with block_overrides (shape flags "
+                  "fill what it leaves out)")
       ->group("Model");
   shape_flags_.Register(command);
 }

@@ -1,11 +1,10 @@
 // mixattn plan: the KV-memory planner. Every figure comes from KvPlan, the same object the engine
 // will allocate from, so what the planner reports is what the engine admits.
+#include <CLI/CLI.hpp>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
-
-#include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "cli/model_source.h"
@@ -42,8 +41,8 @@ struct PlanReport {
   std::vector<int> owners;
 };
 
-PlanReport MakeReport(const std::string& label, const ModelConfig& config, const PlanOptions& options,
-                      DType dtype, int64_t budget) {
+PlanReport MakeReport(const std::string& label, const ModelConfig& config,
+                      const PlanOptions& options, DType dtype, int64_t budget) {
   const KvPlan plan(config);
   PlanReport report;
   report.label = label;
@@ -55,30 +54,35 @@ PlanReport MakeReport(const std::string& label, const ModelConfig& config, const
   report.bytes_total = report.bytes_per_sequence * options.batch;
   report.max_sequences = plan.max_sequences(budget, options.context, dtype);
   // The standard layout of the same shape keeps every token in every layer: L * T token-layers.
-  report.reduction_vs_standard =
-      static_cast<double>(config.num_layers()) * static_cast<double>(options.context) /
-      static_cast<double>(report.kv_token_layers);
+  report.reduction_vs_standard = static_cast<double>(config.num_layers()) *
+                                 static_cast<double>(options.context) /
+                                 static_cast<double>(report.kv_token_layers);
   return report;
 }
 
-Json ReportJson(const PlanReport& report, const PlanOptions& options, int64_t budget, bool from_preset) {
+Json ReportJson(const PlanReport& report, const PlanOptions& options, int64_t budget,
+                bool from_preset) {
   const ModelConfig& c = report.config;
   Json layers = Json::array();
   for (int i = 0; i < c.num_layers(); ++i) {
     const LayerSpec& spec = c.layers[static_cast<size_t>(i)];
-    layers.push_back({{"index", i},
-                      {"kind", AttentionKindName(spec.kind)},
-                      {"window", spec.kind == AttentionKind::kSliding ? Json(spec.window) : Json(nullptr)},
-                      {"kv_source", spec.kv_source}});
+    layers.push_back(
+        {{"index", i},
+         {"kind", AttentionKindName(spec.kind)},
+         {"window", spec.kind == AttentionKind::kSliding ? Json(spec.window) : Json(nullptr)},
+         {"kv_source", spec.kv_source}});
   }
   Json out;
   out["preset"] = from_preset ? Json(report.label) : Json(nullptr);
   out["config"] = from_preset ? Json(nullptr) : Json(report.label);
-  out["shape"] = {{"layers", c.num_layers()},        {"hidden_size", c.hidden_size},
+  out["shape"] = {{"layers", c.num_layers()},
+                  {"hidden_size", c.hidden_size},
                   {"num_attention_heads", c.num_attention_heads},
                   {"num_key_value_heads", c.num_key_value_heads},
-                  {"head_dim", c.head_dim},           {"intermediate_size", c.intermediate_size},
-                  {"vocab_size", c.vocab_size},       {"parameters", ParameterCount(c)}};
+                  {"head_dim", c.head_dim},
+                  {"intermediate_size", c.intermediate_size},
+                  {"vocab_size", c.vocab_size},
+                  {"parameters", ParameterCount(c)}};
   out["layout"] = LayoutString(c.layers);
   out["layers"] = layers;
   out["kv_owner_layers"] = report.owners;
@@ -104,47 +108,58 @@ void PrintPlan(const PlanReport& report, const PlanOptions& options, int64_t bud
   std::printf("%s: %d layers, hidden %d, %d heads, %d KV heads x %d dims, %s parameters\n",
               report.label.c_str(), c.num_layers(), c.hidden_size, c.num_attention_heads,
               c.num_key_value_heads, c.head_dim, std::to_string(ParameterCount(c)).c_str());
-  std::printf("\n%5s  %-8s %7s  %-10s tokens cached at %lld\n", "layer", "kind", "window", "kv owner",
-              static_cast<long long>(options.context));
+  std::printf("\n%5s  %-8s %7s  %-10s tokens cached at %lld\n", "layer", "kind", "window",
+              "kv owner", static_cast<long long>(options.context));
   for (int i = 0; i < c.num_layers(); ++i) {
     const LayerSpec& spec = plan.layer(i);
-    const std::string window = spec.kind == AttentionKind::kSliding ? std::to_string(spec.window) : "-";
+    const std::string window =
+        spec.kind == AttentionKind::kSliding ? std::to_string(spec.window) : "-";
     const std::string owner = plan.owns_kv(i) ? "own" : "layer " + std::to_string(plan.kv_owner(i));
-    const std::string held = plan.owns_kv(i) ? std::to_string(plan.kv_tokens_held(i, options.context)) : "0 (reads)";
-    std::printf("%5d  %-8s %7s  %-10s %s\n", i, AttentionKindName(spec.kind), window.c_str(), owner.c_str(),
-                held.c_str());
+    const std::string held =
+        plan.owns_kv(i) ? std::to_string(plan.kv_tokens_held(i, options.context)) : "0 (reads)";
+    std::printf("%5d  %-8s %7s  %-10s %s\n", i, AttentionKindName(spec.kind), window.c_str(),
+                owner.c_str(), held.c_str());
   }
-  std::printf("\nKV owners: %zu of %d layers (%d full, %zu sliding); KV dtype %s\n", report.owners.size(),
-              c.num_layers(), full_owners, report.owners.size() - static_cast<size_t>(full_owners),
-              options.kv_dtype.c_str());
+  std::printf("\nKV owners: %zu of %d layers (%d full, %zu sliding); KV dtype %s\n",
+              report.owners.size(), c.num_layers(), full_owners,
+              report.owners.size() - static_cast<size_t>(full_owners), options.kv_dtype.c_str());
   std::printf("KV bytes per token (every owner one more token): %s (%lld B)\n",
-              FormatBytes(report.bytes_per_token).c_str(), static_cast<long long>(report.bytes_per_token));
+              FormatBytes(report.bytes_per_token).c_str(),
+              static_cast<long long>(report.bytes_per_token));
   std::printf("KV per sequence at %lld tokens: %s (%lld B), %lld token-layers\n",
-              static_cast<long long>(options.context), FormatBytes(report.bytes_per_sequence).c_str(),
-              static_cast<long long>(report.bytes_per_sequence), static_cast<long long>(report.kv_token_layers));
+              static_cast<long long>(options.context),
+              FormatBytes(report.bytes_per_sequence).c_str(),
+              static_cast<long long>(report.bytes_per_sequence),
+              static_cast<long long>(report.kv_token_layers));
   std::printf("KV for a batch of %lld: %s\n", static_cast<long long>(options.batch),
               FormatBytes(report.bytes_total).c_str());
   std::printf("Sequences of %lld tokens within %s: %lld\n", static_cast<long long>(options.context),
               FormatBytes(budget).c_str(), static_cast<long long>(report.max_sequences));
-  std::printf("Reduction against standard attention of the same shape: %.1fx\n", report.reduction_vs_standard);
+  std::printf("Reduction against standard attention of the same shape: %.1fx\n",
+              report.reduction_vs_standard);
 }
 
-void PrintComparison(const std::vector<PlanReport>& reports, const PlanOptions& options, int64_t budget) {
+void PrintComparison(const std::vector<PlanReport>& reports, const PlanOptions& options,
+                     int64_t budget) {
   const ModelConfig& c = reports.front().config;
-  std::printf("KV plans at context %lld, batch %lld, KV %s, budget %s; shape: %d layers, %d KV heads x %d dims\n\n",
-              static_cast<long long>(options.context), static_cast<long long>(options.batch),
-              options.kv_dtype.c_str(), FormatBytes(budget).c_str(), c.num_layers(), c.num_key_value_heads,
-              c.head_dim);
-  std::printf("%-22s %6s %16s %12s %12s %10s %9s  %s\n", "preset", "owners", "kv_token_layers", "per seq",
-              "batch", "reduction", "max seqs", "layout");
+  std::printf(
+      "KV plans at context %lld, batch %lld, KV %s, budget %s; shape: %d layers, %d KV heads x %d "
+      "dims\n\n",
+      static_cast<long long>(options.context), static_cast<long long>(options.batch),
+      options.kv_dtype.c_str(), FormatBytes(budget).c_str(), c.num_layers(), c.num_key_value_heads,
+      c.head_dim);
+  std::printf("%-22s %6s %16s %12s %12s %10s %9s  %s\n", "preset", "owners", "kv_token_layers",
+              "per seq", "batch", "reduction", "max seqs", "layout");
   for (const PlanReport& r : reports) {
     std::printf("%-22s %6zu %16lld %12s %12s %9.1fx %9lld  %s\n", r.label.c_str(), r.owners.size(),
-                static_cast<long long>(r.kv_token_layers), FormatBytes(r.bytes_per_sequence).c_str(),
-                FormatBytes(r.bytes_total).c_str(), r.reduction_vs_standard,
-                static_cast<long long>(r.max_sequences), LayoutString(r.config.layers).c_str());
+                static_cast<long long>(r.kv_token_layers),
+                FormatBytes(r.bytes_per_sequence).c_str(), FormatBytes(r.bytes_total).c_str(),
+                r.reduction_vs_standard, static_cast<long long>(r.max_sequences),
+                LayoutString(r.config.layers).c_str());
   }
-  std::printf("\nF = full attention, S = sliding window, X>j = reads layer j's KV cache. "
-              "Presets are this project's reconstruction of the MixAttention paper's variants.\n");
+  std::printf(
+      "\nF = full attention, S = sliding window, X>j = reads layer j's KV cache. "
+      "Presets are this project's reconstruction of the MixAttention paper's variants.\n");
 }
 
 void RunPlan(const ModelSource& source, const PlanOptions& options) {
@@ -156,7 +171,8 @@ void RunPlan(const ModelSource& source, const PlanOptions& options) {
     }
     std::vector<PlanReport> reports;
     for (const PresetInfo& preset : Presets()) {
-      reports.push_back(MakeReport(preset.name, MakePresetConfig(preset.name, source.shape_flags().shape()),
+      reports.push_back(MakeReport(preset.name,
+                                   MakePresetConfig(preset.name, source.shape_flags().shape()),
                                    options, dtype, budget));
     }
     if (options.json) {

@@ -38,9 +38,9 @@ template <typename... Parts>
 }  // namespace mixattn
 
 // Internal invariant: a failure here is a bug in mixattn, not bad input.
-#define MIXATTN_CHECK(cond)                                                                \
-  do {                                                                                     \
-    if (!(cond)) {                                                                         \
+#define MIXATTN_CHECK(cond)                                                                    \
+  do {                                                                                         \
+    if (!(cond)) {                                                                             \
       ::mixattn::Fail("internal error: check failed: " #cond " at ", __FILE__, ":", __LINE__); \
-    }                                                                                      \
+    }                                                                                          \
   } while (0)

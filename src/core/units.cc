@@ -24,16 +24,26 @@ int64_t ParseByteSize(std::string_view text, std::string_view what) {
   };
   if (number.empty() || number == "." || number.find('.') != number.rfind('.')) bad();
   double scale = 0;
-  if (unit.empty() || unit == "b") scale = 1;
-  else if (unit == "kb") scale = 1e3;
-  else if (unit == "mb") scale = 1e6;
-  else if (unit == "gb") scale = 1e9;
-  else if (unit == "tb") scale = 1e12;
-  else if (unit == "kib") scale = 1024.0;
-  else if (unit == "mib") scale = 1024.0 * 1024;
-  else if (unit == "gib") scale = 1024.0 * 1024 * 1024;
-  else if (unit == "tib") scale = 1024.0 * 1024 * 1024 * 1024;
-  else bad();
+  if (unit.empty() || unit == "b")
+    scale = 1;
+  else if (unit == "kb")
+    scale = 1e3;
+  else if (unit == "mb")
+    scale = 1e6;
+  else if (unit == "gb")
+    scale = 1e9;
+  else if (unit == "tb")
+    scale = 1e12;
+  else if (unit == "kib")
+    scale = 1024.0;
+  else if (unit == "mib")
+    scale = 1024.0 * 1024;
+  else if (unit == "gib")
+    scale = 1024.0 * 1024 * 1024;
+  else if (unit == "tib")
+    scale = 1024.0 * 1024 * 1024 * 1024;
+  else
+    bad();
   const double bytes = std::stod(number) * scale;
   if (!(bytes >= 1) || bytes > 9.0e18) {
     Fail(what, ": '", text, "' must be at least 1 byte and at most 8 EiB");
@@ -53,7 +63,10 @@ std::string FormatBytes(int64_t bytes) {
   if (unit == 0) {
     std::snprintf(buffer, sizeof buffer, "%lld B", static_cast<long long>(bytes));
   } else {
-    std::snprintf(buffer, sizeof buffer, value >= 100 ? "%.0f %s" : value >= 10 ? "%.1f %s" : "%.2f %s",
+    std::snprintf(buffer, sizeof buffer,
+                  value >= 100  ? "%.0f %s"
+                  : value >= 10 ? "%.1f %s"
+                                : "%.2f %s",
                   value, kUnits[unit]);
   }
   return buffer;

@@ -5,10 +5,9 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
+#include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
 
@@ -27,9 +26,10 @@ constexpr const char* kSlidingName = "sliding_attention";
 // Fields written by Hugging Face tools that carry no information for mixattn; accepted and ignored.
 const std::set<std::string>& InformationalFields() {
   static const std::set<std::string> fields = {
-      "architectures", "model_type",   "torch_dtype",  "transformers_version", "bos_token_id",
-      "eos_token_id",  "pad_token_id", "hidden_act",   "attention_bias",       "mlp_bias",
-      "initializer_range", "use_cache", "attention_dropout", "mixattn"};
+      "architectures",     "model_type",   "torch_dtype",       "transformers_version",
+      "bos_token_id",      "eos_token_id", "pad_token_id",      "hidden_act",
+      "attention_bias",    "mlp_bias",     "initializer_range", "use_cache",
+      "attention_dropout", "mixattn"};
   return fields;
 }
 
@@ -49,7 +49,8 @@ std::string DescribeLayer(const ModelConfig& config, int i) {
 int ReadInt(const Json& root, const std::string& source, const char* field) {
   const auto it = root.find(field);
   if (it == root.end()) Fail(source, ": missing field '", field, "'");
-  if (!it->is_number_integer()) Fail(source, ": field '", field, "' must be an integer, got ", it->dump());
+  if (!it->is_number_integer())
+    Fail(source, ": field '", field, "' must be an integer, got ", it->dump());
   const int64_t value = it->get<int64_t>();
   if (value < 1 || value > kMaxDimension) {
     Fail(source, ": field '", field, "' = ", value, " must be in [1, ", kMaxDimension, "]");
@@ -62,7 +63,8 @@ double ReadPositiveNumber(const Json& root, const std::string& source, const cha
   if (it == root.end()) Fail(source, ": missing field '", field, "'");
   if (!it->is_number()) Fail(source, ": field '", field, "' must be a number, got ", it->dump());
   const double value = it->get<double>();
-  if (!(value > 0) || !std::isfinite(value)) Fail(source, ": field '", field, "' must be > 0, got ", it->dump());
+  if (!(value > 0) || !std::isfinite(value))
+    Fail(source, ": field '", field, "' must be > 0, got ", it->dump());
   return value;
 }
 
@@ -77,7 +79,8 @@ const Json& ReadList(const Json& root, const std::string& source, const char* fi
 }
 
 int ReadWindow(const Json& value, const std::string& source, const std::string& where) {
-  if (!value.is_number_integer()) Fail(source, ": ", where, " must be an integer window, got ", value.dump());
+  if (!value.is_number_integer())
+    Fail(source, ": ", where, " must be an integer window, got ", value.dump());
   const int64_t window = value.get<int64_t>();
   if (window < 1 || window > std::numeric_limits<int>::max()) {
     Fail(source, ": ", where, " = ", window, " must be a window of at least 1 token");
@@ -93,7 +96,8 @@ const char* AttentionKindName(AttentionKind kind) {
 
 void ValidateConfig(ModelConfig& config) {
   const auto positive = [](int value, const char* field) {
-    if (value < 1 || value > kMaxDimension) Fail("config: ", field, " = ", value, " must be in [1, ", kMaxDimension, "]");
+    if (value < 1 || value > kMaxDimension)
+      Fail("config: ", field, " = ", value, " must be in [1, ", kMaxDimension, "]");
   };
   positive(config.hidden_size, "hidden_size");
   positive(config.num_attention_heads, "num_attention_heads");
@@ -111,10 +115,13 @@ void ValidateConfig(ModelConfig& config) {
          " (each KV head serves the same number of query heads)");
   }
   if (config.head_dim % 2 != 0) {
-    Fail("config: head_dim = ", config.head_dim, " must be even (RoPE rotates pairs of dimensions)");
+    Fail("config: head_dim = ", config.head_dim,
+         " must be even (RoPE rotates pairs of dimensions)");
   }
-  if (!(config.rope_theta > 0) || !std::isfinite(config.rope_theta)) Fail("config: rope_theta must be > 0");
-  if (!(config.rms_norm_eps > 0) || !std::isfinite(config.rms_norm_eps)) Fail("config: rms_norm_eps must be > 0");
+  if (!(config.rope_theta > 0) || !std::isfinite(config.rope_theta))
+    Fail("config: rope_theta must be > 0");
+  if (!(config.rms_norm_eps > 0) || !std::isfinite(config.rms_norm_eps))
+    Fail("config: rms_norm_eps must be > 0");
 
   for (int i = 0; i < config.num_layers(); ++i) {
     LayerSpec& layer = config.layers[static_cast<size_t>(i)];
@@ -136,12 +143,15 @@ void ValidateConfig(ModelConfig& config) {
     if (owner == i) continue;
     const LayerSpec& source = config.layers[static_cast<size_t>(owner)];
     if (layer.kind == AttentionKind::kFull && source.kind == AttentionKind::kSliding) {
-      Fail("config: ", DescribeLayer(config, i), " reads the KV cache of ", DescribeLayer(config, owner), via,
-           ": a full-attention layer cannot read a sliding cache, whose tokens older than the window are gone");
+      Fail("config: ", DescribeLayer(config, i), " reads the KV cache of ",
+           DescribeLayer(config, owner), via,
+           ": a full-attention layer cannot read a sliding cache, whose tokens older than the "
+           "window are gone");
     }
     if (layer.kind == AttentionKind::kSliding && source.kind == AttentionKind::kSliding &&
         layer.window > source.window) {
-      Fail("config: ", DescribeLayer(config, i), " reads the KV cache of ", DescribeLayer(config, owner), via,
+      Fail("config: ", DescribeLayer(config, i), " reads the KV cache of ",
+           DescribeLayer(config, owner), via,
            ": a sliding layer may only read a sliding cache whose window is at least its own (",
            layer.window, " > ", source.window, ")");
     }
@@ -158,10 +168,10 @@ ModelConfig ParseConfigJson(const std::string& text, const std::string& source) 
   if (!root.is_object()) Fail(source, ": expected a JSON object at the top level");
 
   static const std::set<std::string> kKnown = {
-      "hidden_size",       "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-      "head_dim",          "intermediate_size", "vocab_size",          "rope_theta",
-      "rms_norm_eps",      "max_position_embeddings", "tie_word_embeddings", "layer_types",
-      "sliding_window",    "kv_source_layers"};
+      "hidden_size",    "num_hidden_layers",       "num_attention_heads", "num_key_value_heads",
+      "head_dim",       "intermediate_size",       "vocab_size",          "rope_theta",
+      "rms_norm_eps",   "max_position_embeddings", "tie_word_embeddings", "layer_types",
+      "sliding_window", "kv_source_layers"};
   for (const auto& [key, value] : root.items()) {
     if (!kKnown.count(key) && !InformationalFields().count(key)) {
       Fail(source, ": unknown field '", key, "' (mixattn reads: hidden_size, num_hidden_layers, ",
@@ -171,11 +181,13 @@ ModelConfig ParseConfigJson(const std::string& text, const std::string& source) 
     }
   }
   if (auto act = root.find("hidden_act"); act != root.end() && *act != "silu") {
-    Fail(source, ": hidden_act = ", act->dump(), " is not supported; mixattn models use \"silu\" (SwiGLU)");
+    Fail(source, ": hidden_act = ", act->dump(),
+         " is not supported; mixattn models use \"silu\" (SwiGLU)");
   }
   for (const char* bias : {"attention_bias", "mlp_bias"}) {
     if (auto it = root.find(bias); it != root.end() && *it != false) {
-      Fail(source, ": ", bias, " = ", it->dump(), " is not supported; mixattn layers have no biases");
+      Fail(source, ": ", bias, " = ", it->dump(),
+           " is not supported; mixattn layers have no biases");
     }
   }
 
@@ -192,9 +204,11 @@ ModelConfig ParseConfigJson(const std::string& text, const std::string& source) 
   config.rms_norm_eps = ReadPositiveNumber(root, source, "rms_norm_eps");
   const auto tie = root.find("tie_word_embeddings");
   if (tie == root.end()) Fail(source, ": missing field 'tie_word_embeddings'");
-  if (!tie->is_boolean()) Fail(source, ": field 'tie_word_embeddings' must be true or false, got ", tie->dump());
+  if (!tie->is_boolean())
+    Fail(source, ": field 'tie_word_embeddings' must be true or false, got ", tie->dump());
   config.tie_word_embeddings = tie->get<bool>();
-  if (num_layers > 4096) Fail(source, ": num_hidden_layers = ", num_layers, " must be at most 4096");
+  if (num_layers > 4096)
+    Fail(source, ": num_hidden_layers = ", num_layers, " must be at most 4096");
 
   const Json& types = ReadList(root, source, "layer_types", static_cast<size_t>(num_layers));
   const Json& sources = ReadList(root, source, "kv_source_layers", static_cast<size_t>(num_layers));
@@ -227,11 +241,13 @@ ModelConfig ParseConfigJson(const std::string& text, const std::string& source) 
   const auto window = root.find("sliding_window");
   if (any_sliding) {
     if (window == root.end() || window->is_null()) {
-      Fail(source, ": missing field 'sliding_window' (needed because some layers are sliding_attention)");
+      Fail(source,
+           ": missing field 'sliding_window' (needed because some layers are sliding_attention)");
     }
     if (window->is_array()) {
       if (window->size() != static_cast<size_t>(num_layers)) {
-        Fail(source, ": field 'sliding_window' has ", window->size(), " entries; num_hidden_layers is ", num_layers);
+        Fail(source, ": field 'sliding_window' has ", window->size(),
+             " entries; num_hidden_layers is ", num_layers);
       }
       for (int i = 0; i < num_layers; ++i) {
         const Json& entry = (*window)[static_cast<size_t>(i)];
@@ -239,7 +255,8 @@ ModelConfig ParseConfigJson(const std::string& text, const std::string& source) 
           config.layers[static_cast<size_t>(i)].window =
               ReadWindow(entry, source, "sliding_window[" + std::to_string(i) + "]");
         } else if (!entry.is_null()) {
-          ReadWindow(entry, source, "sliding_window[" + std::to_string(i) + "]");  // type-check only
+          ReadWindow(entry, source,
+                     "sliding_window[" + std::to_string(i) + "]");  // type-check only
         }
       }
     } else {
@@ -248,8 +265,10 @@ ModelConfig ParseConfigJson(const std::string& text, const std::string& source) 
         if (layer.kind == AttentionKind::kSliding) layer.window = shared;
       }
     }
-  } else if (window != root.end() && !window->is_null() && !window->is_number_integer() && !window->is_array()) {
-    Fail(source, ": field 'sliding_window' must be an integer, a list or null, got ", window->dump());
+  } else if (window != root.end() && !window->is_null() && !window->is_number_integer() &&
+             !window->is_array()) {
+    Fail(source, ": field 'sliding_window' must be an integer, a list or null, got ",
+         window->dump());
   }
 
   try {

@@ -13,7 +13,8 @@ KvPlan::KvPlan(const ModelConfig& config)
       head_dim_(config.head_dim) {
   for (int i = 0; i < num_layers(); ++i) {
     const int owner = layers_[static_cast<size_t>(i)].kv_source;
-    MIXATTN_CHECK(owner >= 0 && owner <= i && layers_[static_cast<size_t>(owner)].kv_source == owner);
+    MIXATTN_CHECK(owner >= 0 && owner <= i &&
+                  layers_[static_cast<size_t>(owner)].kv_source == owner);
     if (owner == i) owners_.push_back(i);
     readers_[static_cast<size_t>(owner)].push_back(i);
   }
@@ -51,7 +52,8 @@ int64_t KvPlan::max_sequences(int64_t budget_bytes, int64_t context, DType dtype
 int64_t KvPlan::kv_bytes_read_per_decode_token(int64_t context, DType dtype) const {
   int64_t tokens = 0;
   for (const LayerSpec& spec : layers_) {
-    tokens += spec.kind == AttentionKind::kSliding ? std::min<int64_t>(context, spec.window) : context;
+    tokens +=
+        spec.kind == AttentionKind::kSliding ? std::min<int64_t>(context, spec.window) : context;
   }
   return tokens * kv_bytes_per_token_slot(dtype);
 }

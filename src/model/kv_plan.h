@@ -27,7 +27,9 @@ class KvPlan {
   int kv_owner(int i) const { return layer(i).kv_source; }
   const std::vector<int>& kv_owners() const { return owners_; }
   // Layers that attend over `owner`'s cache, the owner itself first.
-  const std::vector<int>& kv_readers(int owner) const { return readers_[static_cast<size_t>(owner)]; }
+  const std::vector<int>& kv_readers(int owner) const {
+    return readers_[static_cast<size_t>(owner)];
+  }
 
   // Tokens an owner keeps for one sequence of length T: T for full owners, min(T, W) for sliding.
   int64_t kv_tokens_held(int owner, int64_t context) const;

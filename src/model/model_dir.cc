@@ -15,7 +15,8 @@ namespace mixattn {
 
 LoadedModel LoadModelDir(const std::string& dir) {
   const std::filesystem::path root(dir);
-  if (!std::filesystem::is_directory(root)) Fail(dir, ": not a model directory (expected config.json and model.safetensors in it)");
+  if (!std::filesystem::is_directory(root))
+    Fail(dir, ": not a model directory (expected config.json and model.safetensors in it)");
   LoadedModel model;
   model.config = LoadConfigFile((root / "config.json").string());
   const SafetensorsFile file = SafetensorsFile::Open((root / "model.safetensors").string());

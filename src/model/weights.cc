@@ -76,18 +76,22 @@ ModelWeights LoadWeights(const SafetensorsFile& file, const ModelConfig& config)
       const bool is_kv = tensor.name.find("k_proj") != std::string::npos ||
                          tensor.name.find("v_proj") != std::string::npos;
       Fail(file.path(), ": unexpected tensor '", tensor.name, "'",
-           is_kv ? " (the config says this layer reads another layer's KV, so it has no K/V projection)"
-                 : tensor.name == "lm_head.weight" ? " (the config ties the output embedding to the input embedding)"
-                                                   : " (the config has no such tensor)");
+           is_kv ? " (the config says this layer reads another layer's KV, so it has no K/V "
+                   "projection)"
+           : tensor.name == "lm_head.weight"
+               ? " (the config ties the output embedding to the input embedding)"
+               : " (the config has no such tensor)");
     }
   }
   ModelWeights weights = AllocateWeights(config);
   ForEachTensor(weights, [&](const std::string& name, Tensor& tensor) {
     const SafetensorsTensor* found = file.Find(name);
-    if (!found) Fail(file.path(), ": tensor '", name, "' is missing; the config requires it with shape ", ShapeString(tensor.shape));
-    if (found->shape != tensor.shape) {
-      Fail(file.path(), ": tensor '", name, "' has shape ", ShapeString(found->shape), "; the config requires ",
+    if (!found)
+      Fail(file.path(), ": tensor '", name, "' is missing; the config requires it with shape ",
            ShapeString(tensor.shape));
+    if (found->shape != tensor.shape) {
+      Fail(file.path(), ": tensor '", name, "' has shape ", ShapeString(found->shape),
+           "; the config requires ", ShapeString(tensor.shape));
     }
     const size_t n = tensor.data.size();
     if (found->dtype == DType::kF32) {
@@ -103,8 +107,7 @@ ModelWeights LoadWeights(const SafetensorsFile& file, const ModelConfig& config)
   return weights;
 }
 
-void SaveWeights(const std::string& path, const ModelWeights& weights,
-                 DType dtype) {
+void SaveWeights(const std::string& path, const ModelWeights& weights, DType dtype) {
   std::vector<std::vector<uint16_t>> bf16_copies;
   std::vector<SafetensorsWriteItem> items;
   ForEachTensor(weights, [&](const std::string& name, const Tensor& tensor) {
@@ -129,7 +132,8 @@ ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, double norm
       return;
     }
     double scale = 1.0 / std::sqrt(static_cast<double>(tensor.shape[1]));
-    if (name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight")) scale *= residual_scale;
+    if (name.ends_with("o_proj.weight") || name.ends_with("down_proj.weight"))
+      scale *= residual_scale;
     for (float& w : tensor.data) w = static_cast<float>(scale * rng.Normal());
   });
   return weights;

@@ -26,14 +26,14 @@ struct KvProjection {
 };
 
 struct LayerWeights {
-  Tensor input_norm;                // [H]
-  Tensor q_proj;                    // [NH*D, H]
-  std::optional<KvProjection> kv;   // present iff the layer owns a KV cache
-  Tensor o_proj;                    // [H, NH*D]
-  Tensor post_attention_norm;       // [H]
-  Tensor gate_proj;                 // [F, H]
-  Tensor up_proj;                   // [F, H]
-  Tensor down_proj;                 // [H, F]
+  Tensor input_norm;               // [H]
+  Tensor q_proj;                   // [NH*D, H]
+  std::optional<KvProjection> kv;  // present iff the layer owns a KV cache
+  Tensor o_proj;                   // [H, NH*D]
+  Tensor post_attention_norm;      // [H]
+  Tensor gate_proj;                // [F, H]
+  Tensor up_proj;                  // [F, H]
+  Tensor down_proj;                // [H, F]
 };
 
 struct ModelWeights {
@@ -67,8 +67,7 @@ void ForEachTensor(Weights& weights, Visit&& visit);
 ModelWeights LoadWeights(const SafetensorsFile& file, const ModelConfig& config);
 
 // Writes weights as safetensors in `dtype` (atomically).
-void SaveWeights(const std::string& path, const ModelWeights& weights,
-                 DType dtype);
+void SaveWeights(const std::string& path, const ModelWeights& weights, DType dtype);
 
 // Random initialisation, deterministic in `seed`: linear weights and embeddings N(0, 1/H_in)
 // (H_in = the second dimension), output projections additionally scaled by 1/sqrt(2L) (GPT-2's

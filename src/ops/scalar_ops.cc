@@ -26,7 +26,8 @@ void RmsNormScalar(const float* x, const float* weight, int64_t rows, int64_t wi
     double sum_squares = 0;
     for (int64_t c = 0; c < width; ++c) sum_squares += double{row[c]} * row[c];
     const double inv_rms = 1.0 / std::sqrt(sum_squares / static_cast<double>(width) + eps);
-    for (int64_t c = 0; c < width; ++c) out[t * width + c] = static_cast<float>(row[c] * inv_rms * weight[c]);
+    for (int64_t c = 0; c < width; ++c)
+      out[t * width + c] = static_cast<float>(row[c] * inv_rms * weight[c]);
   }
 }
 
@@ -36,7 +37,8 @@ void RopeScalar(float* x, int64_t tokens, int64_t heads, int64_t head_dim, int64
   for (int64_t t = 0; t < tokens; ++t) {
     const double position = static_cast<double>(first_position + t);
     for (int64_t j = 0; j < half; ++j) {
-      const double angle = position * std::pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(head_dim));
+      const double angle =
+          position * std::pow(theta, -2.0 * static_cast<double>(j) / static_cast<double>(head_dim));
       const double cos_a = std::cos(angle), sin_a = std::sin(angle);
       for (int64_t h = 0; h < heads; ++h) {
         float* vec = x + (t * heads + h) * head_dim;
@@ -84,7 +86,8 @@ void CausalAttentionScalar(const float* q, const float* k, const float* v, int64
         for (int64_t d = 0; d < head_dim; ++d) accum[static_cast<size_t>(d)] += weight * v_vec[d];
       }
       float* out_vec = out + (p * query_heads + n) * head_dim;
-      for (int64_t d = 0; d < head_dim; ++d) out_vec[d] = static_cast<float>(accum[static_cast<size_t>(d)] / normaliser);
+      for (int64_t d = 0; d < head_dim; ++d)
+        out_vec[d] = static_cast<float>(accum[static_cast<size_t>(d)] / normaliser);
     }
   }
 }
