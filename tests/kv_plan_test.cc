@@ -49,3 +49,63 @@ TEST(KvPlanTest, ByteFigures) {
 
 }  // namespace
 }  // namespace mixattn
+
+namespace mixattn {
+namespace {
+
+// The block formula against a brute-force simulation of the sliding owner's freeing rule: write
+// a first chunk of `first_chunk` tokens, then chunks of C (a scheduler may cut chunks anywhere),
+// before each chunk drop blocks wholly below (first query - W + 1), and record the most blocks
+// held at once.
+int64_t SimulateSlidingBlocks(int64_t context, int64_t window, int64_t block_tokens, int64_t chunk,
+                              int64_t first_chunk) {
+  int64_t most = 0;
+  for (int64_t start = 0; start < context; start += start == 0 ? first_chunk : chunk) {
+    const int64_t end = std::min(context, start + (start == 0 ? first_chunk : chunk));  // [start, end)
+    const int64_t oldest_needed = std::max<int64_t>(0, start - window + 1);
+    const int64_t first_block = oldest_needed / block_tokens;
+    const int64_t last_block = (end - 1) / block_tokens;
+    most = std::max(most, last_block - first_block + 1);
+  }
+  return most;
+}
+
+TEST(KvPlanTest, BlockFormulaIsTheWorstCaseOfTheFreeingRule) {
+  for (int64_t window : {1, 3, 16, 17, 100}) {
+    ModelShape shape;
+    shape.layers = 1;
+    shape.window = static_cast<int>(window);
+    const KvPlan plan(MakePresetConfig("all-sliding", shape));
+    for (int64_t block : {1, 4, 16}) {
+      for (int64_t chunk : {1, 7, 16, 64}) {
+        int64_t worst = 0;
+        // The worst case over where the chunks fall: every context length up to a few windows.
+        for (int64_t context = 1; context <= 4 * window + 3 * chunk + 2 * block; ++context) {
+          for (int64_t first_chunk = 1; first_chunk <= chunk; ++first_chunk) {
+            const int64_t simulated = SimulateSlidingBlocks(context, window, block, chunk, first_chunk);
+            ASSERT_LE(simulated, plan.kv_blocks_held(0, context, block, chunk))
+                << "W=" << window << " B=" << block << " C=" << chunk << " T=" << context;
+            worst = std::max(worst, simulated);
+          }
+        }
+        const int64_t long_context = 8 * window + 8 * chunk + 5 * block;
+        EXPECT_EQ(worst, plan.kv_blocks_held(0, long_context, block, chunk))
+            << "the formula is attained: W=" << window << " B=" << block << " C=" << chunk;
+        // The stated bound.
+        EXPECT_LE(plan.kv_blocks_held(0, long_context, block, chunk), (window + chunk + block - 1) / block + 1);
+      }
+    }
+  }
+}
+
+TEST(KvPlanTest, BlocksPerSequenceAndCapacity) {
+  const KvPlan plan(SmallMaPairs());  // owners 0 F, 1 S, 3 S, 5 F, 6 S; W = 100
+  // T = 1000, B = 16, C = 1: full owners ceil(1000/16) = 63, sliding ceil(99/16) + 1 = 8.
+  EXPECT_EQ(plan.kv_blocks_per_sequence(1000, 16, 1), 2 * 63 + 3 * 8);
+  EXPECT_EQ(plan.max_sequences_in_blocks(10 * 150 + 149, 1000, 16, 1), 10);
+  // Short sequences never need more than the whole sequence.
+  EXPECT_EQ(plan.kv_blocks_per_sequence(5, 16, 256), 5);
+}
+
+}  // namespace
+}  // namespace mixattn

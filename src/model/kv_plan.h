@@ -44,6 +44,20 @@ class KvPlan {
   // How many T-token sequences fit in `budget_bytes`.
   int64_t max_sequences(int64_t budget_bytes, int64_t context, DType dtype) const;
 
+  // ---- Paged form: what the engine's block pool reserves (a block = B tokens of one owner) ----
+  //
+  // Blocks an owner needs for one sequence of `context` tokens written in chunks of at most
+  // `chunk` tokens. A full owner keeps every token: ceil(T / B). A sliding owner frees each block
+  // that has wholly left the window before a chunk is written, so while it writes the chunk
+  // [s, s+n) it holds the W + n - 1 tokens s-W+1 .. s+n-1, which touch at most
+  // ceil((W + C - 2) / B) + 1 blocks (an interval of X tokens spans at most ceil((X-1)/B) + 1);
+  // never more than the whole sequence needs.
+  int64_t kv_blocks_held(int owner, int64_t context, int64_t block_tokens, int64_t chunk) const;
+  int64_t kv_blocks_per_sequence(int64_t context, int64_t block_tokens, int64_t chunk) const;
+  // Sequences admitted by a pool of `num_blocks` blocks, each reserving kv_blocks_per_sequence.
+  int64_t max_sequences_in_blocks(int64_t num_blocks, int64_t context, int64_t block_tokens,
+                                  int64_t chunk) const;
+
   // Bytes of K/V a decode step at position T reads for one sequence: every layer reads the tokens
   // its window covers from its owner's cache (a reader re-reads its owner's blocks).
   int64_t kv_bytes_read_per_decode_token(int64_t context, DType dtype) const;
