@@ -162,7 +162,7 @@ ModelConfig ParseConfigJson(const std::string& text, const std::string& source) 
   Json root;
   try {
     root = Json::parse(text);
-  } catch (const Json::parse_error& e) {
+  } catch (const Json::exception& e) {  // parse errors and number overflow (1e400) alike
     Fail(source, ": not valid JSON: ", e.what());
   }
   if (!root.is_object()) Fail(source, ": expected a JSON object at the top level");
