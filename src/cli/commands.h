@@ -10,5 +10,8 @@ namespace mixattn::cli {
 
 void RegisterPlanCommand(CLI::App& app);
 void RegisterInitCommand(CLI::App& app);
+void RegisterGenerateCommand(CLI::App& app);
+void RegisterBenchCommand(CLI::App& app);
+void RegisterDataCommand(CLI::App& app);
 
 }  // namespace mixattn::cli

@@ -14,6 +14,9 @@ int main(int argc, char** argv) {
   app.set_version_flag("--version", "mixattn 0.1.0");
   mixattn::cli::RegisterPlanCommand(app);
   mixattn::cli::RegisterInitCommand(app);
+  mixattn::cli::RegisterGenerateCommand(app);
+  mixattn::cli::RegisterBenchCommand(app);
+  mixattn::cli::RegisterDataCommand(app);
   try {
     app.parse(argc, argv);
     if (app.get_subcommands().empty()) {

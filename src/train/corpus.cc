@@ -1,0 +1,441 @@
+#include "train/corpus.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <mutex>
+#include <set>
+#include <utility>
+
+#include "core/error.h"
+#include "core/random.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mixattn {
+namespace {
+
+namespace fs = std::filesystem;
+
+// Length of the valid UTF-8 character at the start of `text` (RFC 3629: no overlong forms, no
+// surrogates, nothing above U+10FFFF), or 0 when the bytes there are not one.
+size_t Utf8CharLength(std::string_view text) {
+  const auto byte = [&](size_t i) { return static_cast<unsigned char>(text[i]); };
+  const unsigned char lead = byte(0);
+  if (lead < 0x80) return 1;
+  size_t length = 0;
+  unsigned char low = 0x80, high = 0xBF;  // allowed range of the second byte
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    length = 2;
+  } else if (lead >= 0xE0 && lead <= 0xEF) {
+    length = 3;
+    if (lead == 0xE0) low = 0xA0;   // overlong
+    if (lead == 0xED) high = 0x9F;  // surrogates
+  } else if (lead >= 0xF0 && lead <= 0xF4) {
+    length = 4;
+    if (lead == 0xF0) low = 0x90;   // overlong
+    if (lead == 0xF4) high = 0x8F;  // above U+10FFFF
+  } else {
+    return 0;
+  }
+  if (text.size() < length || byte(1) < low || byte(1) > high) return 0;
+  for (size_t i = 2; i < length; ++i) {
+    if ((byte(i) & 0xC0) != 0x80) return 0;
+  }
+  return length;
+}
+
+// Byte offset of the first invalid UTF-8 sequence in `text`, or npos.
+size_t FindInvalidUtf8(std::string_view text) {
+  for (size_t i = 0; i < text.size();) {
+    const size_t length = Utf8CharLength(text.substr(i));
+    if (length == 0) return i;
+    i += length;
+  }
+  return std::string_view::npos;
+}
+
+bool IsBlank(std::string_view line) {
+  return line.find_first_not_of(" \t\r\f\v") == std::string_view::npos;
+}
+
+std::string ReadWholeFile(const std::string& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (status.type() == fs::file_type::not_found) Fail("input '", path, "' does not exist");
+  if (error) Fail("cannot access input '", path, "': ", error.message());
+  if (fs::is_directory(status)) Fail("input '", path, "' is a directory, expected a text file");
+  if (!fs::is_regular_file(status)) Fail("input '", path, "' is not a regular file");
+  std::ifstream file(path, std::ios::binary);
+  if (!file) Fail("cannot open input '", path, "': ", std::strerror(errno));
+  std::string text((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+  if (file.bad()) Fail("cannot read input '", path, "'");
+  return text;
+}
+
+// ---- long-range sequences -----------------------------------------------------------------
+
+// Keys are "adjective-noun": 32 x 32 = 1024 distinct keys, each a few ordinary word pieces.
+constexpr std::array<const char*, 32> kKeyAdjectives = {
+    "amber", "azure",  "bold",   "brisk",  "calm",  "crimson", "dusty", "eager",
+    "faint", "gentle", "golden", "hollow", "ivory", "jade",    "keen",  "lunar",
+    "misty", "noble",  "olive",  "pale",   "quiet", "rapid",   "rusty", "silver",
+    "tawny", "tidy",   "umber",  "vivid",  "warm",  "wild",    "young", "zesty"};
+constexpr std::array<const char*, 32> kKeyNouns = {
+    "falcon", "river",  "cedar",  "harbor",  "lantern", "meadow",  "otter",   "pebble",
+    "quarry", "raven",  "summit", "thistle", "valley",  "willow",  "anchor",  "beacon",
+    "canyon", "delta",  "ember",  "fern",    "glacier", "heron",   "island",  "juniper",
+    "kettle", "lagoon", "maple",  "nectar",  "orchard", "prairie", "sparrow", "tundra"};
+
+// One fact to plant: its tokens and whether it is the one asked about.
+struct PlantedFact {
+  std::vector<int> tokens;
+  bool queried = false;
+  int64_t offset = 0;  // filler tokens before it
+};
+
+// Filler text for long-range sequences: training documents without BOS/EOS, with the positions
+// where their lines start so a slice can begin at a line, not mid-word.
+class FillerSource {
+ public:
+  FillerSource(const Tokenizer& tokenizer, const std::vector<std::vector<int>>& documents) {
+    const std::vector<int> newline = tokenizer.Encode("\n");
+    separator_ = tokenizer.Encode("\n\n");
+    for (const std::vector<int>& document : documents) {
+      auto begin = document.begin();
+      auto end = document.end();
+      if (begin != end && *begin == tokenizer.bos_id()) ++begin;
+      if (begin != end && *(end - 1) == tokenizer.eos_id()) --end;
+      if (begin == end) continue;
+      Document filler;
+      filler.tokens.assign(begin, end);
+      filler.line_starts.push_back(0);
+      if (newline.size() == 1) {
+        for (size_t i = 0; i + 1 < filler.tokens.size(); ++i) {
+          if (filler.tokens[i] == newline[0])
+            filler.line_starts.push_back(static_cast<int64_t>(i) + 1);
+        }
+      }
+      documents_.push_back(std::move(filler));
+    }
+    if (documents_.empty())
+      Fail("long-range sequences need filler text, but the documents hold no tokens");
+  }
+
+  // `length` tokens: a random document from a random line start on, continued by further random
+  // documents (after a blank line) until long enough.
+  std::vector<int> Take(int64_t length, Rng& rng) const {
+    std::vector<int> filler;
+    filler.reserve(static_cast<size_t>(length));
+    bool first = true;
+    while (static_cast<int64_t>(filler.size()) < length) {
+      const Document& document = documents_[rng.Below(documents_.size())];
+      int64_t start = 0;
+      if (first) {
+        start = document.line_starts[rng.Below(document.line_starts.size())];
+        first = false;
+      } else {
+        filler.insert(filler.end(), separator_.begin(), separator_.end());
+      }
+      const int64_t take = std::min<int64_t>(static_cast<int64_t>(document.tokens.size()) - start,
+                                             length - static_cast<int64_t>(filler.size()));
+      if (take > 0) {
+        filler.insert(filler.end(), document.tokens.begin() + start,
+                      document.tokens.begin() + start + take);
+      }
+    }
+    filler.resize(static_cast<size_t>(length));  // the separator may have overshot
+    return filler;
+  }
+
+ private:
+  struct Document {
+    std::vector<int> tokens;
+    std::vector<int64_t> line_starts;
+  };
+  std::vector<Document> documents_;
+  std::vector<int> separator_;
+};
+
+LongRangeSequence MakeOneLongRangeSequence(const Tokenizer& tokenizer, const FillerSource& filler,
+                                           const LongRangeOptions& options, Rng& rng) {
+  LongRangeSequence sequence;
+  sequence.kind = rng.Below(2) == 0 ? LongRangeKind::kPassKey : LongRangeKind::kKeyValue;
+  std::vector<PlantedFact> facts;
+  std::string question;
+  if (sequence.kind == LongRangeKind::kPassKey) {
+    sequence.answer = std::to_string(10000 + rng.Below(90000));
+    const std::string& key = sequence.answer;
+    facts.push_back({tokenizer.Encode("\nThe pass key is " + key + ". Remember it. " + key +
+                                      " is the pass key.\n"),
+                     true});
+    question = "\nWhat is the pass key? The pass key is";
+  } else {
+    // Distinct keys; the values may repeat, the keys tell the facts apart.
+    std::set<std::string> used;
+    const int queried = static_cast<int>(rng.Below(static_cast<uint64_t>(options.key_value_pairs)));
+    for (int i = 0; i < options.key_value_pairs; ++i) {
+      std::string key;
+      do {
+        key = std::string(kKeyAdjectives[rng.Below(kKeyAdjectives.size())]) + "-" +
+              kKeyNouns[rng.Below(kKeyNouns.size())];
+      } while (!used.insert(key).second);
+      const std::string value = std::to_string(1000 + rng.Below(9000));
+      facts.push_back(
+          {tokenizer.Encode("\nThe value of key '" + key + "' is " + value + ".\n"), i == queried});
+      if (i == queried) {
+        sequence.key = key;
+        sequence.answer = value;
+      }
+    }
+    question = "\nWhat is the value of key '" + sequence.key + "'? The value of key '" +
+               sequence.key + "' is";
+  }
+  const std::vector<int> question_tokens = tokenizer.Encode(question);
+  const std::vector<int> answer_tokens = tokenizer.Encode(" " + sequence.answer + ".");
+
+  const int64_t T = options.sequence_length;
+  int64_t fixed =
+      2 + static_cast<int64_t>(question_tokens.size() + answer_tokens.size());  // BOS, EOS
+  for (const PlantedFact& fact : facts) fixed += static_cast<int64_t>(fact.tokens.size());
+  const int64_t filler_total = T - fixed;
+  if (filler_total < options.min_distance) {
+    Fail("long-range sequence length ", T, " is too short: a ", LongRangeKindName(sequence.kind),
+         " sequence needs ", fixed,
+         " tokens for its facts, question and answer plus a distance of ", options.min_distance,
+         " tokens of filler, so at least ", fixed + options.min_distance);
+  }
+
+  // The gap after the queried fact is uniform in [min_distance, filler_total]; distractors land
+  // anywhere in the filler. Ties keep the facts' order, so the layout is deterministic.
+  for (PlantedFact& fact : facts) {
+    if (fact.queried) {
+      const int64_t gap_after =
+          options.min_distance + static_cast<int64_t>(rng.Below(static_cast<uint64_t>(
+                                     filler_total - options.min_distance + 1)));
+      fact.offset = filler_total - gap_after;
+    } else {
+      fact.offset = static_cast<int64_t>(rng.Below(static_cast<uint64_t>(filler_total + 1)));
+    }
+  }
+  std::stable_sort(facts.begin(), facts.end(),
+                   [](const PlantedFact& a, const PlantedFact& b) { return a.offset < b.offset; });
+
+  const std::vector<int> text = filler.Take(filler_total, rng);
+  std::vector<int>& tokens = sequence.tokens;
+  tokens.reserve(static_cast<size_t>(T));
+  tokens.push_back(tokenizer.bos_id());
+  int64_t filler_used = 0;
+  for (const PlantedFact& fact : facts) {
+    tokens.insert(tokens.end(), text.begin() + filler_used, text.begin() + fact.offset);
+    filler_used = fact.offset;
+    if (fact.queried) sequence.fact_begin = static_cast<int64_t>(tokens.size());
+    tokens.insert(tokens.end(), fact.tokens.begin(), fact.tokens.end());
+    if (fact.queried) sequence.fact_end = static_cast<int64_t>(tokens.size());
+  }
+  tokens.insert(tokens.end(), text.begin() + filler_used, text.end());
+  sequence.query_begin = static_cast<int64_t>(tokens.size());
+  tokens.insert(tokens.end(), question_tokens.begin(), question_tokens.end());
+  sequence.answer_begin = static_cast<int64_t>(tokens.size());
+  tokens.insert(tokens.end(), answer_tokens.begin(), answer_tokens.end());
+  sequence.answer_end = static_cast<int64_t>(tokens.size());
+  tokens.push_back(tokenizer.eos_id());
+  MIXATTN_CHECK(static_cast<int64_t>(tokens.size()) == T);
+  return sequence;
+}
+
+}  // namespace
+
+std::vector<CorpusDocument> SplitIntoDocuments(std::string_view text, int file_index,
+                                               const std::string& path,
+                                               const CorpusReadOptions& options) {
+  if (options.max_document_lines <= 0) {
+    Fail("max_document_lines must be > 0, got ", options.max_document_lines);
+  }
+  const size_t invalid = FindInvalidUtf8(text);
+  if (invalid != std::string_view::npos) {
+    const int64_t line =
+        1 + std::count(text.begin(), text.begin() + static_cast<int64_t>(invalid), '\n');
+    Fail("input '", path, "' is not valid UTF-8: line ", line, " has a bad byte 0x", std::hex,
+         static_cast<int>(static_cast<unsigned char>(text[invalid])),
+         " (convert the file, e.g. iconv -f latin1 -t utf-8)");
+  }
+  std::vector<CorpusDocument> documents;
+  CorpusDocument current;
+  int lines_in_current = 0;
+  const auto finish = [&]() {
+    if (lines_in_current > 0) documents.push_back(std::move(current));
+    current = CorpusDocument{};
+    lines_in_current = 0;
+  };
+  int64_t line_number = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find('\n', pos);
+    if (end == std::string_view::npos) end = text.size();
+    std::string_view line = text.substr(pos, end - pos);
+    pos = end + 1;
+    ++line_number;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (IsBlank(line)) {
+      finish();
+      continue;
+    }
+    if (lines_in_current == 0) {
+      current.file_index = file_index;
+      current.first_line = line_number;
+    } else {
+      current.text += '\n';
+    }
+    current.text += line;
+    if (++lines_in_current == options.max_document_lines) finish();
+  }
+  finish();
+  return documents;
+}
+
+std::vector<CorpusDocument> ReadCorpus(const std::vector<std::string>& paths,
+                                       const CorpusReadOptions& options) {
+  if (paths.empty()) Fail("no input files given");
+  std::vector<CorpusDocument> documents;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    const std::string text = ReadWholeFile(paths[i]);
+    std::vector<CorpusDocument> file_documents =
+        SplitIntoDocuments(text, static_cast<int>(i), paths[i], options);
+    if (file_documents.empty()) {
+      Fail("input '", paths[i], "' ", text.empty() ? "is empty" : "holds only blank lines",
+           ": no text to train on");
+    }
+    documents.insert(documents.end(), std::make_move_iterator(file_documents.begin()),
+                     std::make_move_iterator(file_documents.end()));
+  }
+  return documents;
+}
+
+DocumentSplit SplitDocuments(int64_t num_documents, double validation_fraction, uint64_t seed) {
+  if (!(validation_fraction >= 0.0 && validation_fraction < 1.0)) {
+    Fail("validation fraction must be in [0, 1), got ", validation_fraction);
+  }
+  if (num_documents < 0) Fail("number of documents must be >= 0, got ", num_documents);
+  int64_t validation_count = 0;
+  if (validation_fraction > 0.0) {
+    if (num_documents < 2) {
+      Fail("a validation split needs at least 2 documents (one each for training and validation), ",
+           "got ", num_documents, "; separate documents with blank lines or pass --val-fraction 0");
+    }
+    validation_count = std::llround(validation_fraction * static_cast<double>(num_documents));
+    validation_count = std::clamp<int64_t>(validation_count, 1, num_documents - 1);
+  }
+  // Fisher-Yates with the project's own generator, so the split is the same everywhere.
+  std::vector<int64_t> order(static_cast<size_t>(num_documents));
+  for (int64_t i = 0; i < num_documents; ++i) order[static_cast<size_t>(i)] = i;
+  Rng rng(seed);
+  for (int64_t i = num_documents - 1; i > 0; --i) {
+    std::swap(order[static_cast<size_t>(i)], order[rng.Below(static_cast<uint64_t>(i) + 1)]);
+  }
+  DocumentSplit split;
+  split.validation.assign(order.begin(), order.begin() + validation_count);
+  split.train.assign(order.begin() + validation_count, order.end());
+  return split;
+}
+
+std::vector<std::vector<int>> TokenizeDocuments(
+    const Tokenizer& tokenizer, const std::vector<CorpusDocument>& documents,
+    const std::function<void(int64_t done_bytes, int64_t total_bytes)>& progress) {
+  const auto count = static_cast<int64_t>(documents.size());
+  int64_t total_bytes = 0;
+  for (const CorpusDocument& document : documents)
+    total_bytes += static_cast<int64_t>(document.text.size());
+  std::vector<std::vector<int>> tokens(documents.size());
+  std::atomic<int64_t> done_bytes{0};
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  if (progress) progress(0, total_bytes);
+    // Dynamic schedule: document sizes differ by 100x (a Bible chapter, a whole speech).
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int64_t d = 0; d < count; ++d) {
+    try {
+      const CorpusDocument& document = documents[static_cast<size_t>(d)];
+      std::vector<int>& ids = tokens[static_cast<size_t>(d)];
+      ids.push_back(tokenizer.bos_id());
+      const std::vector<int> encoded = tokenizer.Encode(document.text);
+      ids.insert(ids.end(), encoded.begin(), encoded.end());
+      ids.push_back(tokenizer.eos_id());
+      const int64_t done = done_bytes += static_cast<int64_t>(document.text.size());
+#ifdef _OPENMP
+      const bool on_calling_thread = omp_get_thread_num() == 0;
+#else
+      const bool on_calling_thread = true;
+#endif
+      if (progress && on_calling_thread) progress(done, total_bytes);
+    } catch (...) {
+      // An exception must not leave an OpenMP region; keep the first and rethrow after it.
+      const std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+    }
+  }
+  if (failure) std::rethrow_exception(failure);
+  if (progress) progress(total_bytes, total_bytes);
+  return tokens;
+}
+
+std::vector<int> ConcatenateDocuments(const std::vector<std::vector<int>>& documents,
+                                      std::span<const int64_t> order) {
+  size_t total = 0;
+  for (const int64_t d : order) total += documents[static_cast<size_t>(d)].size();
+  std::vector<int> stream;
+  stream.reserve(total);
+  for (const int64_t d : order) {
+    const std::vector<int>& document = documents[static_cast<size_t>(d)];
+    stream.insert(stream.end(), document.begin(), document.end());
+  }
+  return stream;
+}
+
+const char* LongRangeKindName(LongRangeKind kind) {
+  switch (kind) {
+    case LongRangeKind::kPassKey:
+      return "pass_key";
+    case LongRangeKind::kKeyValue:
+      return "key_value";
+  }
+  return "unknown";
+}
+
+std::vector<LongRangeSequence> MakeLongRangeSequences(
+    const Tokenizer& tokenizer, const std::vector<std::vector<int>>& filler_documents,
+    const LongRangeOptions& options) {
+  if (options.sequence_length <= 0) {
+    Fail("long-range sequence length must be > 0, got ", options.sequence_length);
+  }
+  if (options.count < 0) Fail("long-range sequence count must be >= 0, got ", options.count);
+  if (options.min_distance < 0) {
+    Fail("long-range min distance must be >= 0, got ", options.min_distance);
+  }
+  if (options.key_value_pairs < 1 ||
+      options.key_value_pairs > static_cast<int>(kKeyAdjectives.size() * kKeyNouns.size())) {
+    Fail("long-range key/value pairs must be in [1, ", kKeyAdjectives.size() * kKeyNouns.size(),
+         "], got ", options.key_value_pairs);
+  }
+  std::vector<LongRangeSequence> sequences;
+  if (options.count == 0) return sequences;
+  const FillerSource filler(tokenizer, filler_documents);
+  Rng rng(options.seed);
+  sequences.reserve(static_cast<size_t>(options.count));
+  for (int64_t i = 0; i < options.count; ++i) {
+    sequences.push_back(MakeOneLongRangeSequence(tokenizer, filler, options, rng));
+  }
+  return sequences;
+}
+
+}  // namespace mixattn

@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""End-to-end checks of `mixattn data`: the files it writes, their headers, the split, the errors.
+
+Usage: test_data_cli.py --mixattn PATH --workdir DIR
+Runs the real binary on a small generated corpus and reads its shards with Python's struct,
+following the layout documented in src/train/token_shards.h (independently of the C++ reader).
+"""
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import struct
+import subprocess
+import sys
+
+failures = []
+passes = 0
+
+HEADER = struct.Struct("<8sIIQII32s")  # magic, version, bytes/token, count, vocab, record length, sha
+BOS, EOS = 1, 2
+
+
+def check(condition, what):
+    global passes
+    if condition:
+        passes += 1
+    else:
+        failures.append(what)
+        print(f"FAIL: {what}")
+
+
+def run(mixattn, *args):
+    return subprocess.run([mixattn, *args], capture_output=True, text=True, timeout=300)
+
+
+def read_shard(path):
+    """Returns (header dict, list of ids) of a token shard."""
+    with open(path, "rb") as f:
+        data = f.read()
+    magic, version, width, count, vocab, record, sha = HEADER.unpack_from(data)
+    header = {"magic": magic, "version": version, "width": width, "count": count, "vocab": vocab,
+              "record_length": record, "sha256": sha.hex(), "bytes": len(data)}
+    fmt = "<" + ("H" if width == 2 else "I") * count
+    ids = list(struct.unpack_from(fmt, data, 64)) if len(data) == 64 + width * count else []
+    return header, ids
+
+
+def documents(ids):
+    """Splits a token stream into BOS ... EOS documents (as tuples)."""
+    docs, current = [], None
+    for i in ids:
+        if i == BOS:
+            current = [i]
+        else:
+            current.append(i)
+            if i == EOS:
+                docs.append(tuple(current))
+                current = None
+    return docs
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def write_corpus(path, seed, documents_count):
+    """Documents of 2-6 lines of plain words, each with a unique serial so none repeats."""
+    words = ("the river was cold and clear in the morning they walked along old road toward town "
+             "where market stood bread costs twelve coins she said nothing more than that a small "
+             "house on hill with green door").split()
+    rng = random.Random(seed)
+    with open(path, "w", encoding="utf-8") as f:
+        for d in range(documents_count):
+            for _ in range(rng.randint(2, 6)):
+                line = " ".join(rng.choice(words) for _ in range(rng.randint(5, 14)))
+                f.write(line.capitalize() + ".\n")
+            f.write(f"Document {seed}-{d} ends here.\n\n")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mixattn", required=True)
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args()
+    work = args.workdir
+    shutil.rmtree(work, ignore_errors=True)
+    os.makedirs(work)
+    m = args.mixattn
+
+    a, b = os.path.join(work, "a.txt"), os.path.join(work, "b.txt")
+    write_corpus(a, 1, 80)
+    write_corpus(b, 2, 40)
+
+    # --- a full run: tokenizer, shards, data.json
+    out = os.path.join(work, "out")
+    r = run(m, "data", "--in", a, b, "--out", out, "--vocab-size", "400", "--val-fraction", "0.1",
+            "--seed", "3")
+    check(r.returncode == 0, f"data exits 0 (stderr: {r.stderr[-2000:]})")
+    check("tokenizing" in r.stderr, "progress on stderr")
+    check(sorted(os.listdir(out)) == ["data.json", "tokenizer.model", "train.bin", "val.bin"],
+          f"exactly the documented files, no temporaries: {sorted(os.listdir(out))}")
+    data = json.load(open(os.path.join(out, "data.json")))
+    tokenizer_sha = sha256_file(os.path.join(out, "tokenizer.model"))
+    check(data["tokenizer"]["sha256"] == tokenizer_sha, "data.json has the tokenizer's sha256")
+    check(data["tokenizer"]["vocab_size"] == 400, "vocab size in data.json")
+    check([i["path"] for i in data["inputs"]] == [a, b], "inputs in order")
+    check(data["inputs"][0]["sha256"] == sha256_file(a) and data["inputs"][0]["bytes"] == os.path.getsize(a),
+          "input sha256 and bytes")
+    check(data["inputs"][0]["documents"] == 80 and data["inputs"][1]["documents"] == 40, "documents per input")
+    check(data["split"]["val_documents"] == 12 and data["split"]["train_documents"] == 108,
+          f"10% of 120 documents held out: {data['split']}")
+    check(data["command"].startswith("mixattn data --in "), "command line recorded")
+
+    train_header, train = read_shard(os.path.join(out, "train.bin"))
+    val_header, val = read_shard(os.path.join(out, "val.bin"))
+    for name, header, ids in (("train", train_header, train), ("val", val_header, val)):
+        check(header["magic"] == b"MXTOKENS" and header["version"] == 1, f"{name}: magic and version")
+        check(header["width"] == 2, f"{name}: uint16 ids for vocab 400")
+        check(header["vocab"] == 400 and header["record_length"] == 0, f"{name}: vocab, stream of documents")
+        check(header["sha256"] == tokenizer_sha, f"{name}: header carries the tokenizer sha256")
+        check(header["bytes"] == 64 + 2 * header["count"], f"{name}: size matches the count")
+        check(header["count"] == data["shards"][name]["tokens"], f"{name}: count matches data.json")
+        check(all(0 <= i < 400 for i in ids), f"{name}: ids inside the vocabulary")
+        check(ids[:1] == [BOS] and ids[-1:] == [EOS], f"{name}: starts with BOS, ends with EOS")
+    train_docs, val_docs = documents(train), documents(val)
+    check(len(train_docs) == 108 and len(val_docs) == 12, "every document is BOS ... EOS")
+    check(not set(train_docs) & set(val_docs), "no document in both splits")
+
+    # --- the same seed gives the same bytes; the split partitions the whole corpus
+    again = os.path.join(work, "again")
+    r = run(m, "data", "--in", a, b, "--out", again, "--tokenizer", os.path.join(out, "tokenizer.model"),
+            "--val-fraction", "0.1", "--seed", "3")
+    check(r.returncode == 0, f"--tokenizer run exits 0 ({r.stderr[-1000:]})")
+    check(sha256_file(os.path.join(again, "tokenizer.model")) == tokenizer_sha, "--tokenizer is copied")
+    check(json.load(open(os.path.join(again, "data.json")))["tokenizer"]["trained"] is False, "trained: false")
+    for name in ("train.bin", "val.bin"):
+        check(sha256_file(os.path.join(again, name)) == sha256_file(os.path.join(out, name)),
+              f"same seed, same {name}")
+    other = os.path.join(work, "other_seed")
+    run(m, "data", "--in", a, b, "--out", other, "--tokenizer", os.path.join(out, "tokenizer.model"),
+        "--val-fraction", "0.1", "--seed", "4")
+    check(sha256_file(os.path.join(other, "val.bin")) != sha256_file(os.path.join(out, "val.bin")),
+          "another seed holds out other documents")
+    whole = os.path.join(work, "whole")
+    run(m, "data", "--in", a, b, "--out", whole, "--tokenizer", os.path.join(out, "tokenizer.model"),
+        "--val-fraction", "0")
+    _, all_ids = read_shard(os.path.join(whole, "train.bin"))
+    check(sorted(documents(all_ids)) == sorted(train_docs + val_docs),
+          "train + val documents are exactly the corpus's documents")
+    check(read_shard(os.path.join(whole, "val.bin"))[0]["count"] == 0, "--val-fraction 0: empty val.bin")
+
+    # --- the long-range mix
+    long_dir = os.path.join(work, "long")
+    r = run(m, "data", "--in", a, b, "--out", long_dir, "--tokenizer", os.path.join(out, "tokenizer.model"),
+            "--long-range-ratio", "0.5", "--long-range-length", "512", "--seed", "5")
+    check(r.returncode == 0, f"--long-range-ratio run exits 0 ({r.stderr[-1000:]})")
+    long_data = json.load(open(os.path.join(long_dir, "data.json")))
+    header, ids = read_shard(os.path.join(long_dir, "train_longrange.bin"))
+    sequences = long_data["long_range"]["sequences"]
+    expected = -(-long_data["shards"]["train"]["tokens"] // 2 // 512)  # ceil(0.5 * train / T)
+    check(abs(sequences - expected) <= 1, f"about ratio x train tokens: {sequences} vs {expected}")
+    check(header["record_length"] == 512 and header["count"] == 512 * sequences, "records of exactly T tokens")
+    check(header["sha256"] == tokenizer_sha, "long-range shard carries the tokenizer sha256")
+    records = [ids[i:i + 512] for i in range(0, len(ids), 512)]
+    check(all(rec[0] == BOS and rec[-1] == EOS and rec.count(BOS) == 1 for rec in records),
+          "each record is BOS ... EOS")
+    check(0 <= long_data["long_range"]["distance_min"] <= long_data["long_range"]["distance_max"] < 512,
+          f"distances reported: {long_data['long_range']}")
+
+    # --- errors a user can act on
+    empty = os.path.join(work, "empty.txt")
+    open(empty, "w").close()
+    a_file = os.path.join(work, "a_file")
+    open(a_file, "w").write("x")
+    missing = os.path.join(work, "missing.txt")
+    bad_cases = [
+        (["data", "--in", missing, "--out", os.path.join(work, "e1")], f"'{missing}' does not exist"),
+        (["data", "--in", empty, "--out", os.path.join(work, "e2")], "is empty"),
+        (["data", "--in", a, "--out", a_file], "is not a directory"),
+        (["data", "--in", a, "--out", os.path.join(work, "e3"), "--vocab-size", "100"], "too small"),
+        (["data", "--in", a, "--out", os.path.join(work, "e4"), "--long-range-ratio", "0.1"],
+         "--long-range-length"),
+        (["data", "--in", a, "--out", os.path.join(work, "e5"), "--tokenizer", os.path.join(out, "tokenizer.model"),
+          "--vocab-size", "500"], "disagrees"),
+        (["data", "--in", a, "--out", os.path.join(work, "e6"), "--tokenizer", missing], missing),
+        (["data", "--in", a, "--out", os.path.join(work, "e7"), "--tokenizer", os.path.join(out, "tokenizer.model"),
+          "--long-range-ratio", "0.1", "--long-range-length", "20"], "too short"),
+    ]
+    for argv, expected_text in bad_cases:
+        r = run(m, *argv)
+        check(r.returncode != 0 and r.returncode < 128, f"{' '.join(argv)}: non-zero exit without a crash ({r.returncode})")
+        check(expected_text in r.stderr, f"{' '.join(argv)}: stderr mentions {expected_text!r}; got {r.stderr.strip()[-500:]!r}")
+
+    r = run(m, "data", "--help")
+    check(r.returncode == 0 and "--long-range-ratio" in r.stdout and "--val-fraction" in r.stdout,
+          "data --help lists the flags")
+
+    print(f"{passes} passed, {len(failures)} failed")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

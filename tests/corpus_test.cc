@@ -1,0 +1,355 @@
+#include "train/corpus.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <fstream>
+#include <memory>
+#include <regex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "test_util.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mixattn {
+namespace {
+
+using testing::ErrorMessage;
+using ::testing::HasSubstr;
+using testing::TempDir;
+
+void WriteText(const std::string& path, const std::string& text) {
+  std::ofstream file(path, std::ios::binary | std::ios::trunc);
+  file << text;
+}
+
+// Documents of plain English-like lines, the same on every run: `documents` blocks of 3-8 lines,
+// separated by blank lines.
+std::string SampleCorpus(int documents) {
+  static const char* const kWords[] = {
+      "the",    "river", "was",    "cold",  "and",    "clear", "in",      "morning", "they",
+      "walked", "along", "old",    "road",  "toward", "town",  "where",   "market",  "stood",
+      "bread",  "costs", "twelve", "coins", "she",    "said",  "nothing", "more",    "than",
+      "that",   "a",     "small",  "house", "on",     "hill",  "with",    "green",   "door"};
+  constexpr int kWordCount = sizeof(kWords) / sizeof(kWords[0]);
+  uint64_t state = 12345;
+  const auto next = [&](int n) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    return static_cast<int>((state >> 33) % static_cast<uint64_t>(n));
+  };
+  std::string text;
+  for (int d = 0; d < documents; ++d) {
+    if (d > 0) text += "\n";
+    const int lines = 3 + next(6);
+    for (int l = 0; l < lines; ++l) {
+      const int words = 6 + next(10);
+      std::string line;
+      for (int w = 0; w < words; ++w) {
+        std::string word = kWords[next(kWordCount)];
+        if (w == 0) word[0] = static_cast<char>(word[0] - 'a' + 'A');
+        line += (w == 0 ? "" : " ") + word;
+      }
+      line += next(4) == 0 ? "? Is it " + std::to_string(next(100000)) + "." : ".";
+      text += line + "\n";
+    }
+  }
+  return text;
+}
+
+// One small tokenizer shared by the tests that need ids (training takes a moment).
+class CorpusTokenizerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new TempDir();
+    WriteText(dir_->file("corpus.txt"), SampleCorpus(300));
+    TokenizerTrainOptions options;
+    options.vocab_size = 400;
+    options.num_threads = 1;
+    Tokenizer::Train({dir_->file("corpus.txt")}, dir_->file("tokenizer.model"), options);
+    tokenizer_ = new Tokenizer(Tokenizer::Load(dir_->file("tokenizer.model")));
+    documents_ = new std::vector<CorpusDocument>(ReadCorpus({dir_->file("corpus.txt")}));
+  }
+  static void TearDownTestSuite() {
+    delete documents_;
+    delete tokenizer_;
+    delete dir_;
+  }
+
+  static TempDir* dir_;
+  static Tokenizer* tokenizer_;
+  static std::vector<CorpusDocument>* documents_;
+};
+TempDir* CorpusTokenizerTest::dir_ = nullptr;
+Tokenizer* CorpusTokenizerTest::tokenizer_ = nullptr;
+std::vector<CorpusDocument>* CorpusTokenizerTest::documents_ = nullptr;
+
+// ---- documents ----------------------------------------------------------------------------
+
+TEST(CorpusDocumentsTest, BlankLinesSeparateDocuments) {
+  const std::vector<CorpusDocument> documents =
+      SplitIntoDocuments("\n\nFirst line.\nSecond line.\n \t\nThird.\r\nFourth.\r\n\n\n", 3, "x");
+  ASSERT_EQ(documents.size(), 2u);
+  EXPECT_EQ(documents[0].text, "First line.\nSecond line.");
+  EXPECT_EQ(documents[0].first_line, 3);
+  EXPECT_EQ(documents[0].file_index, 3);
+  EXPECT_EQ(documents[1].text, "Third.\nFourth.");  // CRLF read as LF
+  EXPECT_EQ(documents[1].first_line, 6);
+}
+
+TEST(CorpusDocumentsTest, LongRunsAreCutAtMaxDocumentLines) {
+  std::string text;
+  for (int i = 1; i <= 7; ++i) text += "line " + std::to_string(i) + "\n";
+  CorpusReadOptions options;
+  options.max_document_lines = 3;
+  const std::vector<CorpusDocument> documents = SplitIntoDocuments(text, 0, "x", options);
+  ASSERT_EQ(documents.size(), 3u);
+  EXPECT_EQ(documents[0].text, "line 1\nline 2\nline 3");
+  EXPECT_EQ(documents[2].text, "line 7");
+  EXPECT_EQ(documents[2].first_line, 7);
+}
+
+TEST(CorpusDocumentsTest, LastLineWithoutNewlineAndUtf8Text) {
+  const std::vector<CorpusDocument> documents =
+      SplitIntoDocuments("caf\xc3\xa9 \xe2\x80\x9cquoted\xe2\x80\x9d", 0, "x");
+  ASSERT_EQ(documents.size(), 1u);
+  EXPECT_EQ(documents[0].text, "caf\xc3\xa9 \xe2\x80\x9cquoted\xe2\x80\x9d");
+}
+
+TEST(CorpusDocumentsTest, InvalidUtf8NamesFileAndLine) {
+  const std::string message =
+      ErrorMessage([] { SplitIntoDocuments("fine\nalso fine\nLatin-1 caf\xe9\n", 0, "in.txt"); });
+  EXPECT_THAT(message, HasSubstr("'in.txt' is not valid UTF-8: line 3"));
+  EXPECT_THAT(message, HasSubstr("0xe9"));
+  // Overlong encodings and surrogates are not UTF-8 either.
+  EXPECT_THAT(ErrorMessage([] { SplitIntoDocuments("\xc0\xaf", 0, "x"); }), HasSubstr("UTF-8"));
+  EXPECT_THAT(ErrorMessage([] { SplitIntoDocuments("\xed\xa0\x80", 0, "x"); }), HasSubstr("UTF-8"));
+}
+
+TEST(CorpusDocumentsTest, ReadCorpusErrorsNameTheFile) {
+  TempDir dir;
+  WriteText(dir.file("good.txt"), "Some text.\n\nMore text.\n");
+  WriteText(dir.file("empty.txt"), "");
+  WriteText(dir.file("blank.txt"), "\n  \n\t\n");
+  EXPECT_THAT(ErrorMessage([&] {
+                ReadCorpus({dir.file("good.txt"), dir.file("missing.txt")});
+              }),
+              HasSubstr("input '" + dir.file("missing.txt") + "' does not exist"));
+  EXPECT_THAT(ErrorMessage([&] { ReadCorpus({dir.file("empty.txt")}); }),
+              HasSubstr("input '" + dir.file("empty.txt") + "' is empty"));
+  EXPECT_THAT(ErrorMessage([&] { ReadCorpus({dir.file("blank.txt")}); }),
+              HasSubstr("holds only blank lines"));
+  EXPECT_THAT(ErrorMessage([&] { ReadCorpus({dir.path()}); }), HasSubstr("is a directory"));
+  EXPECT_THAT(ErrorMessage([&] { ReadCorpus({}); }), HasSubstr("no input files"));
+
+  WriteText(dir.file("second.txt"), "Third document.\n");
+  const std::vector<CorpusDocument> documents =
+      ReadCorpus({dir.file("good.txt"), dir.file("second.txt")});
+  ASSERT_EQ(documents.size(), 3u);
+  EXPECT_EQ(documents[2].file_index, 1);
+  EXPECT_EQ(documents[2].text, "Third document.");
+}
+
+// ---- the validation split -----------------------------------------------------------------
+
+TEST(CorpusSplitTest, DeterministicForASeedAndDocumentDisjoint) {
+  const DocumentSplit a = SplitDocuments(1000, 0.05, 7);
+  const DocumentSplit b = SplitDocuments(1000, 0.05, 7);
+  EXPECT_EQ(a.train, b.train);
+  EXPECT_EQ(a.validation, b.validation);
+  EXPECT_EQ(a.validation.size(), 50u);
+  EXPECT_EQ(a.train.size(), 950u);
+  // Every document exactly once: the split is a partition, so none straddles.
+  std::vector<int64_t> all = a.train;
+  all.insert(all.end(), a.validation.begin(), a.validation.end());
+  std::sort(all.begin(), all.end());
+  for (int64_t i = 0; i < 1000; ++i) ASSERT_EQ(all[static_cast<size_t>(i)], i);
+  // Another seed holds out other documents; training documents come out shuffled.
+  const DocumentSplit c = SplitDocuments(1000, 0.05, 8);
+  EXPECT_NE(a.validation, c.validation);
+  EXPECT_FALSE(std::is_sorted(a.train.begin(), a.train.end()));
+}
+
+TEST(CorpusSplitTest, FixedValuesGuardAgainstGeneratorChanges) {
+  // The split must be the same on every machine and build (a changed split would leak validation
+  // documents into the training of a resumed run): pin one.
+  const DocumentSplit split = SplitDocuments(10, 0.2, 1);
+  EXPECT_EQ(split.validation, (std::vector<int64_t>{4, 2}));
+  EXPECT_EQ(split.train, (std::vector<int64_t>{8, 1, 9, 3, 0, 6, 7, 5}));
+}
+
+TEST(CorpusSplitTest, EdgeCases) {
+  EXPECT_TRUE(SplitDocuments(10, 0.0, 1).validation.empty());
+  EXPECT_EQ(SplitDocuments(10, 0.0, 1).train.size(), 10u);
+  EXPECT_EQ(SplitDocuments(10, 0.001, 1).validation.size(), 1u);  // at least one
+  EXPECT_EQ(SplitDocuments(2, 0.9, 1).train.size(), 1u);          // training keeps one
+  EXPECT_EQ(SplitDocuments(1, 0.0, 1).train.size(), 1u);
+  EXPECT_THAT(ErrorMessage([] { SplitDocuments(1, 0.1, 1); }), HasSubstr("at least 2 documents"));
+  EXPECT_THAT(ErrorMessage([] { SplitDocuments(10, 1.0, 1); }), HasSubstr("[0, 1)"));
+  EXPECT_THAT(ErrorMessage([] { SplitDocuments(10, -0.1, 1); }), HasSubstr("[0, 1)"));
+}
+
+// ---- tokenization -------------------------------------------------------------------------
+
+TEST_F(CorpusTokenizerTest, DocumentsBecomeBosTokensEos) {
+  int64_t last_done = -1, last_total = -1;
+  const std::vector<std::vector<int>> tokens =
+      TokenizeDocuments(*tokenizer_, *documents_, [&](int64_t done, int64_t total) {
+        EXPECT_GE(done, last_done);
+        last_done = done;
+        last_total = total;
+      });
+  ASSERT_EQ(tokens.size(), documents_->size());
+  int64_t total_bytes = 0;
+  for (size_t d = 0; d < tokens.size(); ++d) {
+    const std::string& text = (*documents_)[d].text;
+    total_bytes += static_cast<int64_t>(text.size());
+    ASSERT_GE(tokens[d].size(), 3u);
+    EXPECT_EQ(tokens[d].front(), Tokenizer::kBosId);
+    EXPECT_EQ(tokens[d].back(), Tokenizer::kEosId);
+    const std::vector<int> encoded = tokenizer_->Encode(text);
+    EXPECT_TRUE(std::equal(encoded.begin(), encoded.end(), tokens[d].begin() + 1));
+    EXPECT_EQ(tokenizer_->Decode(tokens[d]), text);
+  }
+  EXPECT_EQ(last_done, total_bytes);
+  EXPECT_EQ(last_total, total_bytes);
+}
+
+TEST_F(CorpusTokenizerTest, ConcatenationFollowsTheOrder) {
+  const std::vector<std::vector<int>> documents = {{1, 10, 2}, {1, 11, 12, 2}, {1, 13, 2}};
+  const std::vector<int64_t> order = {2, 0};
+  EXPECT_EQ(ConcatenateDocuments(documents, order), (std::vector<int>{1, 13, 2, 1, 10, 2}));
+}
+
+// ---- long-range sequences -----------------------------------------------------------------
+
+class CorpusLongRangeTest : public CorpusTokenizerTest {
+ protected:
+  std::vector<LongRangeSequence> Make(int64_t length, int64_t count, int64_t min_distance,
+                                      uint64_t seed) {
+    LongRangeOptions options;
+    options.sequence_length = length;
+    options.count = count;
+    options.min_distance = min_distance;
+    options.seed = seed;
+    return MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_),
+                                  options);
+  }
+  std::string Text(const LongRangeSequence& s, int64_t begin, int64_t end) {
+    return tokenizer_->Decode(std::span<const int>(s.tokens).subspan(
+        static_cast<size_t>(begin), static_cast<size_t>(end - begin)));
+  }
+};
+
+TEST_F(CorpusLongRangeTest, ExactlyTTokensAndTheAnswerIsRecoverable) {
+  const std::vector<LongRangeSequence> sequences = Make(300, 60, 0, 5);
+  ASSERT_EQ(sequences.size(), 60u);
+  int pass_keys = 0;
+  for (const LongRangeSequence& s : sequences) {
+    ASSERT_EQ(s.tokens.size(), 300u);
+    EXPECT_EQ(s.tokens.front(), Tokenizer::kBosId);
+    EXPECT_EQ(s.tokens.back(), Tokenizer::kEosId);
+    EXPECT_EQ(s.answer_end, 299);
+    EXPECT_LE(s.fact_end, s.query_begin);
+    EXPECT_LT(s.query_begin, s.answer_begin);
+    EXPECT_EQ(Text(s, s.answer_begin, s.answer_end), " " + s.answer + ".");
+    // BOS and EOS occur only at the ends: filler dropped the documents' own markers.
+    EXPECT_EQ(std::count(s.tokens.begin(), s.tokens.end(), Tokenizer::kBosId), 1);
+    EXPECT_EQ(std::count(s.tokens.begin(), s.tokens.end(), Tokenizer::kEosId), 1);
+
+    // Read the answer back from the planted text alone, as a model would have to.
+    const std::string context = Text(s, 0, s.query_begin);
+    const std::string fact = Text(s, s.fact_begin, s.fact_end);
+    std::smatch match;
+    if (s.kind == LongRangeKind::kPassKey) {
+      ++pass_keys;
+      EXPECT_TRUE(s.key.empty());
+      EXPECT_EQ(fact, "\nThe pass key is " + s.answer + ". Remember it. " + s.answer +
+                          " is the pass key.\n");
+      ASSERT_TRUE(std::regex_search(context, match, std::regex("The pass key is (\\d{5})\\.")));
+      EXPECT_EQ(match[1], s.answer);
+      EXPECT_THAT(Text(s, s.query_begin, s.answer_begin),
+                  HasSubstr("What is the pass key? The pass key is"));
+    } else {
+      EXPECT_EQ(fact, "\nThe value of key '" + s.key + "' is " + s.answer + ".\n");
+      ASSERT_TRUE(std::regex_search(context, match,
+                                    std::regex("The value of key '" + s.key + "' is (\\d{4})\\.")));
+      EXPECT_EQ(match[1], s.answer);
+      // The distractors are there too, each with a different key.
+      const std::regex any_fact("The value of key '([a-z]+-[a-z]+)' is \\d{4}\\.");
+      std::set<std::string> keys;
+      for (auto it = std::sregex_iterator(context.begin(), context.end(), any_fact);
+           it != std::sregex_iterator(); ++it) {
+        keys.insert((*it)[1]);
+      }
+      EXPECT_EQ(keys.size(), 4u);
+      EXPECT_EQ(keys.count(s.key), 1u);
+      EXPECT_THAT(Text(s, s.query_begin, s.answer_begin),
+                  HasSubstr("What is the value of key '" + s.key + "'?"));
+    }
+  }
+  EXPECT_GT(pass_keys, 10);  // both kinds, about half each
+  EXPECT_LT(pass_keys, 50);
+}
+
+TEST_F(CorpusLongRangeTest, DistancesCoverTheRequestedRange) {
+  constexpr int64_t kLength = 512;
+  const std::vector<LongRangeSequence> all = Make(kLength, 400, 0, 11);
+  std::vector<int64_t> pass_key_distances;
+  int64_t longest_possible = 0;
+  for (const LongRangeSequence& s : all) {
+    if (s.kind != LongRangeKind::kPassKey) continue;
+    pass_key_distances.push_back(s.distance());
+    // With the fact right after BOS, the distance is everything but BOS, fact, question, answer.
+    longest_possible = kLength - 1 - (s.fact_end - s.fact_begin) - (kLength - s.query_begin);
+    EXPECT_LE(s.distance(), longest_possible);
+  }
+  ASSERT_GT(pass_key_distances.size(), 100u);
+  const auto [min, max] = std::minmax_element(pass_key_distances.begin(), pass_key_distances.end());
+  EXPECT_LT(*min, longest_possible / 10) << "near facts";
+  EXPECT_GT(*max, longest_possible * 9 / 10) << "far facts";
+  // Roughly uniform: about a quarter in each quarter of the range.
+  const auto in_top_quarter =
+      std::count_if(pass_key_distances.begin(), pass_key_distances.end(),
+                    [&](int64_t d) { return d > longest_possible * 3 / 4; });
+  EXPECT_GT(in_top_quarter, static_cast<int64_t>(pass_key_distances.size()) / 8);
+
+  // A minimum distance pushes every fact at least that far back (beyond a sliding window).
+  for (const LongRangeSequence& s : Make(768, 100, 300, 12)) {
+    EXPECT_GE(s.distance(), 300);
+    EXPECT_EQ(s.tokens.size(), 768u);
+  }
+}
+
+TEST_F(CorpusLongRangeTest, DeterministicForASeed) {
+  const std::vector<LongRangeSequence> a = Make(256, 20, 0, 3);
+  const std::vector<LongRangeSequence> b = Make(256, 20, 0, 3);
+  const std::vector<LongRangeSequence> c = Make(256, 20, 0, 4);
+  ASSERT_EQ(a.size(), b.size());
+  bool any_different = false;
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].tokens, b[i].tokens);
+    EXPECT_EQ(a[i].answer, b[i].answer);
+    any_different |= a[i].tokens != c[i].tokens;
+  }
+  EXPECT_TRUE(any_different);
+}
+
+TEST_F(CorpusLongRangeTest, ClearErrors) {
+  EXPECT_THAT(ErrorMessage([&] { Make(20, 1, 0, 1); }), HasSubstr("is too short"));
+  EXPECT_THAT(ErrorMessage([&] { Make(200, 5, 190, 1); }), HasSubstr("so at least"));
+  EXPECT_TRUE(Make(200, 0, 0, 1).empty());
+  LongRangeOptions options;
+  options.sequence_length = 100;
+  options.count = 1;
+  EXPECT_THAT(ErrorMessage([&] {
+                MakeLongRangeSequences(*tokenizer_, {{1, 2}}, options);
+              }),
+              HasSubstr("filler"));
+}
+
+}  // namespace
+}  // namespace mixattn
