@@ -1,0 +1,325 @@
+#include "ops/linear.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <map>
+#include <oneapi/dnnl/dnnl.hpp>
+#include <type_traits>
+#include <vector>
+
+#include "core/error.h"
+#include "ops/elementwise.h"
+
+#define MIXATTN_AVX2 __attribute__((target("avx2,fma")))
+
+// Legend as in the header: M = rows, K = in_features, N = out_features.
+namespace mixattn::ops {
+namespace {
+
+// The small-batch kernel splits N across threads once the weights reach 128 KiB of f32; below
+// that a fork/join costs about as much as the whole product.
+constexpr int64_t kParallelMinWeights = int64_t{1} << 15;
+// Widened bf16 -> f32 weight panels are about this big: inside a 512 KiB L2 together with the
+// gemm's own packed copy, and large enough that one oneDNN call per panel costs little.
+constexpr int64_t kWidenPanelBytes = int64_t{256} << 10;
+
+dnnl::engine& CpuEngine() {
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+// One stream per calling thread: oneDNN streams are not meant to be shared between threads, and
+// different Linear objects may run on different threads at once.
+dnnl::stream& ThreadStream() {
+  thread_local dnnl::stream stream(CpuEngine());
+  return stream;
+}
+
+// ---- small-batch kernel: y[m, n] = sum_k x[m, k] w[n, k] for M <= kMaxSmallRows ----
+
+inline float WeightToF32(float w) { return w; }
+inline float WeightToF32(uint16_t w) { return Bf16ToF32(w); }
+
+// 8 consecutive weights as f32: a plain load, or bf16 zero-extended into the high half of a lane.
+template <typename Weight>
+MIXATTN_AVX2 inline __m256 LoadWeights8(const Weight* w) {
+  if constexpr (std::is_same_v<Weight, float>) {
+    return _mm256_loadu_ps(w);
+  } else {
+    const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+  }
+}
+
+MIXATTN_AVX2 inline float HorizontalSum(__m256 v) {
+  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
+  sum = _mm_add_ss(sum, _mm_movehdup_ps(sum));
+  return _mm_cvtss_f32(sum);
+}
+
+// Output columns per tile for MR rows: MR * NR accumulators plus MR row vectors and one weight
+// vector must fit the 16 ymm registers, and MR * NR >= 6 independent FMA chains keep both FMA
+// pipes busy while the loads (MR + NR per 8 k) stay within two per cycle.
+template <int MR>
+constexpr int kTileColumns = MR == 1   ? 8
+                             : MR == 2 ? 4
+                             : MR == 3 ? 3
+                                       : 2;
+
+// y[MR, NR] (row stride ldy) = x[MR, K] (row stride K) * w[NR, K]^T, accumulated in f32.
+template <int MR, int NR, typename Weight>
+MIXATTN_AVX2 void DotTileAvx2(const float* x, const Weight* w, int64_t k, float* y, int64_t ldy) {
+  __m256 acc[MR][NR];
+#pragma GCC unroll 4
+  for (int m = 0; m < MR; ++m) {
+#pragma GCC unroll 8
+    for (int n = 0; n < NR; ++n) acc[m][n] = _mm256_setzero_ps();
+  }
+  int64_t kk = 0;
+  for (; kk + 8 <= k; kk += 8) {
+    __m256 xv[MR];
+#pragma GCC unroll 4
+    for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * k + kk);
+#pragma GCC unroll 8
+    for (int n = 0; n < NR; ++n) {
+      const __m256 wv = LoadWeights8(w + n * k + kk);
+#pragma GCC unroll 4
+      for (int m = 0; m < MR; ++m) acc[m][n] = _mm256_fmadd_ps(xv[m], wv, acc[m][n]);
+    }
+  }
+  for (int m = 0; m < MR; ++m) {
+    for (int n = 0; n < NR; ++n) {
+      float sum = HorizontalSum(acc[m][n]);
+      for (int64_t t = kk; t < k; ++t) sum += x[m * k + t] * WeightToF32(w[n * k + t]);
+      y[m * ldy + n] = sum;
+    }
+  }
+}
+
+template <int MR, typename Weight>
+void SmallRowsAvx2(const float* x, const Weight* w, int64_t n, int64_t k, float* y) {
+  constexpr int kNR = kTileColumns<MR>;
+  const int64_t tiles = (n + kNR - 1) / kNR;
+#pragma omp parallel for schedule(static) if (n * k >= kParallelMinWeights)
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t n0 = tile * kNR;
+    if (n0 + kNR <= n) {
+      DotTileAvx2<MR, kNR>(x, w + n0 * k, k, y + n0, n);
+    } else {
+      for (int64_t j = n0; j < n; ++j) DotTileAvx2<MR, 1>(x, w + j * k, k, y + j, n);
+    }
+  }
+}
+
+template <typename Weight>
+void SmallRowsPortable(const float* x, int64_t rows, const Weight* w, int64_t n, int64_t k,
+                       float* y) {
+#pragma omp parallel for schedule(static) if (n * k >= kParallelMinWeights)
+  for (int64_t j = 0; j < n; ++j) {
+    for (int64_t m = 0; m < rows; ++m) {
+      float sum = 0;
+      for (int64_t t = 0; t < k; ++t) sum += x[m * k + t] * WeightToF32(w[j * k + t]);
+      y[m * n + j] = sum;
+    }
+  }
+}
+
+// x[rows, K] (rows <= kMaxSmallRows) times w[N, K]^T into y[rows, N].
+template <typename Weight>
+void SmallRows(const float* x, int64_t rows, const Weight* w, int64_t n, int64_t k, float* y) {
+  if (ActiveSimdLevel() != SimdLevel::kAvx2) return SmallRowsPortable(x, rows, w, n, k, y);
+  static_assert(Linear::kMaxSmallRows == 4, "one instantiation per row count");
+  switch (rows) {
+    case 1:
+      return SmallRowsAvx2<1>(x, w, n, k, y);
+    case 2:
+      return SmallRowsAvx2<2>(x, w, n, k, y);
+    case 3:
+      return SmallRowsAvx2<3>(x, w, n, k, y);
+    default:
+      return SmallRowsAvx2<4>(x, w, n, k, y);
+  }
+}
+
+// ---- oneDNN ----
+
+// One oneDNN matmul dst[M, cols] (row stride ldd) = src[M, K] * weights[cols, K]^T, with memory
+// objects whose data pointers are swapped in per call, so running it allocates nothing.
+struct OneDnnMatmul {
+  dnnl::matmul primitive;
+  dnnl::memory src, weights, dst, scratchpad;
+  std::string name;  // oneDNN's implementation, e.g. "gemm:jit" or "brg:avx512_core_bf16"
+
+  void Run(const void* src_data, const void* weight_data, float* dst_data) const {
+    src.set_data_handle(const_cast<void*>(src_data));
+    weights.set_data_handle(const_cast<void*>(weight_data));
+    dst.set_data_handle(dst_data);
+    // The C API takes a plain array; the C++ execute() builds an unordered_map per call.
+    const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src.get()},
+                                    {DNNL_ARG_WEIGHTS, weights.get()},
+                                    {DNNL_ARG_DST, dst.get()},
+                                    {DNNL_ARG_SCRATCHPAD, scratchpad.get()}};
+    dnnl::stream& stream = ThreadStream();
+    MIXATTN_CHECK(dnnl_primitive_execute(primitive.get(), stream.get(), 4, args) == dnnl_success);
+    MIXATTN_CHECK(dnnl_stream_wait(stream.get()) == dnnl_success);
+  }
+};
+
+// Null when oneDNN has no implementation for this data type here, or only its reference one
+// (which is 100x slower than the paths above, so never worth taking for bf16).
+std::unique_ptr<OneDnnMatmul> MakeOneDnnMatmul(int64_t rows, int64_t cols, int64_t k, int64_t ldd,
+                                               dnnl::memory::data_type type) {
+  using dims = dnnl::memory::dims;
+  using tag = dnnl::memory::format_tag;
+  dnnl::engine& engine = CpuEngine();
+  const dnnl::memory::desc src_desc(dims{rows, k}, type, tag::ab);
+  const dnnl::memory::desc weight_desc(dims{k, cols}, type, tag::ba);  // W [cols, K] row-major
+  const dnnl::memory::desc dst_desc(dims{rows, cols}, dnnl::memory::data_type::f32, dims{ldd, 1});
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // ours, allocated here, not per call
+  auto matmul = std::make_unique<OneDnnMatmul>();
+  try {
+    const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_desc, weight_desc, dst_desc), attr,
+                                          engine);
+    matmul->name = pd.impl_info_str();
+    if (type == dnnl::memory::data_type::bf16 && matmul->name.starts_with("ref")) return nullptr;
+    matmul->primitive = dnnl::matmul(pd);
+    matmul->src = dnnl::memory(src_desc, engine, DNNL_MEMORY_NONE);
+    matmul->weights = dnnl::memory(weight_desc, engine, DNNL_MEMORY_NONE);
+    matmul->dst = dnnl::memory(dst_desc, engine, DNNL_MEMORY_NONE);
+    matmul->scratchpad = dnnl::memory(pd.scratchpad_desc(), engine);
+  } catch (const dnnl::error& e) {
+    if (type == dnnl::memory::data_type::bf16) return nullptr;
+    Fail("oneDNN could not create an f32 matmul [", rows, ", ", k, "] x [", k, ", ", cols,
+         "]: ", e.what());
+  }
+  return matmul;
+}
+
+}  // namespace
+
+struct Linear::Impl {
+  int64_t n = 0;  // N
+  int64_t k = 0;  // K
+  DType dtype = DType::kBF16;
+  Bf16Matmul bf16_matmul = Bf16Matmul::kAuto;
+  std::vector<float> weight_f32;      // [N, K] when dtype is f32
+  std::vector<uint16_t> weight_bf16;  // [N, K] when dtype is bf16
+  int64_t panel_rows = 0;             // weight rows per widened panel (bf16 only)
+
+  // How Forward runs M > kMaxSmallRows rows; built on the first call with that M.
+  struct Plan {
+    std::unique_ptr<OneDnnMatmul> whole;       // the whole product (f32, or native bf16)
+    std::unique_ptr<OneDnnMatmul> panel;       // widened bf16: one panel of panel_rows columns
+    std::unique_ptr<OneDnnMatmul> last_panel;  // widened bf16: the narrower last panel, if any
+  };
+  std::map<int64_t, Plan> plans;  // by M
+
+  // Scratch, grown to the largest M seen.
+  std::vector<float> x_rounded;  // [M, K] x rounded to bf16 (small kernel, widened path)
+  std::vector<uint16_t> x_bf16;  // [M, K] x as bf16 (native bf16 matmul)
+  std::vector<float> panel;      // [panel_rows, K] widened weights
+
+  const Plan& PlanFor(int64_t rows) {
+    auto found = plans.find(rows);
+    if (found != plans.end()) return found->second;
+    Plan plan;
+    if (dtype == DType::kF32) {
+      plan.whole = MakeOneDnnMatmul(rows, n, k, n, dnnl::memory::data_type::f32);
+    } else {
+      if (bf16_matmul == Bf16Matmul::kAuto)
+        plan.whole = MakeOneDnnMatmul(rows, n, k, n, dnnl::memory::data_type::bf16);
+      if (!plan.whole) {
+        plan.panel = MakeOneDnnMatmul(rows, panel_rows, k, n, dnnl::memory::data_type::f32);
+        if (n % panel_rows != 0)
+          plan.last_panel =
+              MakeOneDnnMatmul(rows, n % panel_rows, k, n, dnnl::memory::data_type::f32);
+        panel.resize(static_cast<size_t>(panel_rows * k));
+      }
+    }
+    return plans.emplace(rows, std::move(plan)).first->second;
+  }
+
+  template <typename T>
+  static T* Grow(std::vector<T>& buffer, int64_t size) {
+    if (static_cast<int64_t>(buffer.size()) < size) buffer.resize(static_cast<size_t>(size));
+    return buffer.data();
+  }
+
+  void Forward(const float* x, int64_t rows, float* y) {
+    if (dtype == DType::kF32) {
+      if (rows <= kMaxSmallRows) return SmallRows(x, rows, weight_f32.data(), n, k, y);
+      return PlanFor(rows).whole->Run(x, weight_f32.data(), y);
+    }
+    if (rows <= kMaxSmallRows) {
+      float* rounded = Grow(x_rounded, rows * k);
+      RoundToBf16(x, rows * k, rounded);
+      return SmallRows(rounded, rows, weight_bf16.data(), n, k, y);
+    }
+    const Plan& plan = PlanFor(rows);
+    if (plan.whole) {
+      uint16_t* x_half = Grow(x_bf16, rows * k);
+      StoreAs(x, rows * k, DType::kBF16, reinterpret_cast<std::byte*>(x_half));
+      return plan.whole->Run(x_half, weight_bf16.data(), y);
+    }
+    float* rounded = Grow(x_rounded, rows * k);
+    RoundToBf16(x, rows * k, rounded);
+    for (int64_t n0 = 0; n0 < n; n0 += panel_rows) {
+      const int64_t cols = std::min(panel_rows, n - n0);
+      LoadAs(reinterpret_cast<const std::byte*>(weight_bf16.data() + n0 * k), cols * k,
+             DType::kBF16, panel.data());
+      const OneDnnMatmul& matmul = cols == panel_rows ? *plan.panel : *plan.last_panel;
+      matmul.Run(rounded, panel.data(), y + n0);
+    }
+  }
+};
+
+Linear::Linear(const float* weight, int64_t out_features, int64_t in_features, DType dtype,
+               Bf16Matmul bf16_matmul)
+    : impl_(std::make_unique<Impl>()) {
+  if (out_features < 1 || in_features < 1)
+    Fail("Linear: out_features and in_features must be >= 1, got ", out_features, " x ",
+         in_features);
+  MIXATTN_CHECK(weight != nullptr);
+  Impl& impl = *impl_;
+  impl.n = out_features;
+  impl.k = in_features;
+  impl.dtype = dtype;
+  impl.bf16_matmul = bf16_matmul;
+  const int64_t count = out_features * in_features;
+  if (dtype == DType::kF32) {
+    impl.weight_f32.assign(weight, weight + count);
+  } else {
+    impl.weight_bf16.resize(static_cast<size_t>(count));
+    StoreAs(weight, count, DType::kBF16, reinterpret_cast<std::byte*>(impl.weight_bf16.data()));
+    const int64_t rows_per_panel = kWidenPanelBytes / (in_features * int64_t{sizeof(float)});
+    impl.panel_rows = std::min(out_features, std::max<int64_t>(16, rows_per_panel / 16 * 16));
+  }
+}
+
+Linear::~Linear() = default;
+Linear::Linear(Linear&&) noexcept = default;
+Linear& Linear::operator=(Linear&&) noexcept = default;
+
+void Linear::Forward(const float* x, int64_t rows, float* y) const {
+  MIXATTN_CHECK(rows >= 0);
+  if (rows == 0) return;
+  impl_->Forward(x, rows, y);
+}
+
+int64_t Linear::out_features() const { return impl_->n; }
+int64_t Linear::in_features() const { return impl_->k; }
+DType Linear::dtype() const { return impl_->dtype; }
+int64_t Linear::weight_bytes() const { return impl_->n * impl_->k * DTypeSize(impl_->dtype); }
+
+std::string Linear::KernelName(int64_t rows) const {
+  if (rows <= kMaxSmallRows)
+    return ActiveSimdLevel() == SimdLevel::kAvx2 ? "mixattn:dot_avx2" : "mixattn:dot_portable";
+  const Impl::Plan& plan = impl_->PlanFor(rows);
+  if (plan.whole) return "onednn:" + plan.whole->name;
+  return "widen_bf16+onednn:" + plan.panel->name;
+}
+
+}  // namespace mixattn::ops
