@@ -1,0 +1,381 @@
+// mixattn bench: decode and prefill throughput, KV memory and bytes moved, across layouts,
+// context lengths and batch sizes, measured side by side in one process.
+//
+// Decode at long context: filling 32K-token caches by running the prefill would take minutes
+// per sequence here, so decode runs over caches whose blocks are allocated exactly as a real
+// prefill would leave them and filled with synthetic K/V values (the output says so). Prefill
+// throughput is measured separately, on a shorter real prefill.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "cli/commands.h"
+#include "cli/model_source.h"
+#include "core/error.h"
+#include "core/random.h"
+#include "core/units.h"
+#include "engine/model_runner.h"
+#include "model/model_dir.h"
+#include "model/presets.h"
+#include "ops/elementwise.h"
+
+namespace mixattn::cli {
+namespace {
+
+using Json = nlohmann::ordered_json;
+using Clock = std::chrono::steady_clock;
+
+struct BenchOptions {
+  std::string model;
+  std::vector<std::string> compare;
+  std::vector<int64_t> contexts = {4096, 32768};
+  std::vector<int64_t> batches = {1, 4};
+  std::string kv_budget;  // if set: each preset runs at the largest batch the budget admits
+  int64_t decode_steps = 8;
+  int64_t prefill_tokens = 1024;
+  int64_t block_tokens = 16;
+  int64_t chunk = 256;
+  int repeats = 3;
+  std::string weights_dtype = "bf16";
+  std::string kv_dtype = "bf16";
+  std::string json_path;
+  std::string plot_path;
+};
+
+// Bench model of the engine issue: 12 layers, d=512, 8 heads, 2 KV heads, head_dim 64, ffn 1536,
+// vocab 8192, window 512.
+ModelShape BenchDefaultShape() {
+  ModelShape shape;
+  shape.layers = 12;
+  shape.hidden = 512;
+  shape.heads = 8;
+  shape.kv_heads = 2;
+  shape.head_dim = 64;
+  shape.ffn = 1536;
+  shape.vocab = 8192;
+  shape.window = 512;
+  shape.max_position = 1 << 17;
+  return shape;
+}
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+// DRAM read bandwidth: the best of a few passes summing a 1 GiB buffer, far larger than the
+// caches. 64-bit integer adds are associative, so the compiler vectorises the reduction and the
+// loop is bound by memory, not by an add's latency.
+double MeasureReadBandwidth() {
+  const size_t count = size_t{1} << 27;  // 1 GiB of uint64
+  std::vector<uint64_t> buffer(count);
+  for (size_t i = 0; i < count; ++i) buffer[i] = i;
+  double best = 0;
+  uint64_t checksum = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    const auto start = Clock::now();
+    uint64_t sum = 0;
+#pragma omp parallel for reduction(+ : sum) schedule(static)
+    for (size_t i = 0; i < count; ++i) sum += buffer[i];
+    const double seconds = Seconds(start, Clock::now());
+    checksum += sum;
+    best = std::max(best, static_cast<double>(count * sizeof(uint64_t)) / seconds);
+  }
+  MIXATTN_CHECK(checksum == 3 * (count * (count - 1) / 2));  // the reads happened
+  return best;
+}
+
+struct Measurement {
+  std::string preset;
+  int64_t context = 0, batch = 0;
+  int64_t kv_bytes = 0;  // allocated for the batch
+  double prefill_tokens_per_s = 0;
+  double decode_step_s = 0;
+  double decode_tokens_per_s = 0;
+  int64_t decode_bytes_per_step = 0;  // weights + the KV each layer reads
+  int64_t weight_bytes = 0;
+  double decode_bandwidth = 0;  // bytes per step / time per step
+};
+
+class PresetBench {
+ public:
+  PresetBench(std::string name, const ModelConfig& config, const ModelWeights& weights,
+              const BenchOptions& options)
+      : name_(std::move(name)),
+        options_(options),
+        runner_(config, weights, options.weights_dtype == "f32" ? DType::kF32 : DType::kBF16),
+        kv_dtype_(options.kv_dtype == "f32" ? DType::kF32 : DType::kBF16) {}
+
+  const ModelRunner& runner() const { return runner_; }
+  const std::string& name() const { return name_; }
+
+  double Prefill() {
+    const ModelConfig& config = runner_.config();
+    const int64_t tokens = options_.prefill_tokens;
+    KvBlockPool pool(
+        runner_.plan().kv_blocks_per_sequence(tokens, options_.block_tokens, options_.chunk),
+        options_.block_tokens, config.num_key_value_heads, config.head_dim, kv_dtype_);
+    KvCache cache(runner_.plan(), pool);
+    Rng rng(7);
+    std::vector<int> prompt(static_cast<size_t>(tokens));
+    for (int& t : prompt) t = static_cast<int>(rng.Below(static_cast<uint64_t>(config.vocab_size)));
+    const SequenceId sequence = cache.AddSequence();
+    const auto start = Clock::now();
+    for (int64_t at = 0; at < tokens; at += options_.chunk) {
+      const int64_t count = std::min(options_.chunk, tokens - at);
+      MIXATTN_CHECK(cache.Append(sequence, count));
+      const BatchItem item{
+          sequence,
+          std::span<const int>(prompt).subspan(static_cast<size_t>(at), static_cast<size_t>(count)),
+          at, at + count == tokens, false};
+      runner_.Forward(std::span<const BatchItem>(&item, 1), cache);
+    }
+    return static_cast<double>(tokens) / Seconds(start, Clock::now());
+  }
+
+  // Time per decode step for `batch` sequences at `context` tokens (synthetic cache contents).
+  Measurement Decode(int64_t context, int64_t batch) {
+    const ModelConfig& config = runner_.config();
+    const KvPlan& plan = runner_.plan();
+    const int64_t final_length = context + options_.decode_steps * options_.repeats + 1;
+    const int64_t blocks =
+        batch * plan.kv_blocks_per_sequence(final_length, options_.block_tokens, options_.chunk);
+    KvBlockPool pool(blocks, options_.block_tokens, config.num_key_value_heads, config.head_dim,
+                     kv_dtype_);
+    // Synthetic K/V: small random values (denormal-free), the same for every block.
+    {
+      Rng rng(11);
+      std::vector<float> values(static_cast<size_t>(pool.block_bytes() / DTypeSize(kv_dtype_)));
+      for (float& v : values) v = static_cast<float>(0.5 * rng.Normal());
+      for (int64_t b = 0; b < pool.num_blocks(); ++b) {
+        ops::StoreAs(values.data(), static_cast<int64_t>(values.size()), kv_dtype_,
+                     pool.base() + b * pool.block_bytes());
+      }
+    }
+    KvCache cache(plan, pool);
+    std::vector<SequenceId> sequences;
+    for (int64_t b = 0; b < batch; ++b) {
+      sequences.push_back(cache.AddSequence());
+      // As a chunked prefill would: sliding owners keep only their window's blocks.
+      for (int64_t at = 0; at < context; at += options_.chunk) {
+        MIXATTN_CHECK(cache.Append(sequences.back(), std::min(options_.chunk, context - at)));
+      }
+    }
+    Measurement m;
+    m.preset = name_;
+    m.context = context;
+    m.batch = batch;
+    m.kv_bytes = cache.TotalUsage().full_bytes + cache.TotalUsage().sliding_bytes;
+    m.weight_bytes = runner_.weight_bytes_per_step();
+    m.decode_bytes_per_step =
+        m.weight_bytes + batch * plan.kv_bytes_read_per_decode_token(context, kv_dtype_);
+    std::vector<int> next_tokens(static_cast<size_t>(batch), 1);
+    std::vector<BatchItem> items(static_cast<size_t>(batch));
+    double best = INFINITY;
+    for (int r = 0; r < options_.repeats; ++r) {
+      const auto start = Clock::now();
+      for (int64_t step = 0; step < options_.decode_steps; ++step) {
+        for (int64_t b = 0; b < batch; ++b) {
+          const SequenceId s = sequences[static_cast<size_t>(b)];
+          const int64_t position = cache.length(s);
+          MIXATTN_CHECK(cache.Append(s, 1));
+          items[static_cast<size_t>(b)] =
+              BatchItem{s, std::span<const int>(&next_tokens[static_cast<size_t>(b)], 1), position,
+                        true, false};
+        }
+        runner_.Forward(items, cache);
+      }
+      best =
+          std::min(best, Seconds(start, Clock::now()) / static_cast<double>(options_.decode_steps));
+    }
+    m.decode_step_s = best;
+    m.decode_tokens_per_s = static_cast<double>(batch) / best;
+    m.decode_bandwidth = static_cast<double>(m.decode_bytes_per_step) / best;
+    return m;
+  }
+
+ private:
+  std::string name_;
+  const BenchOptions& options_;
+  ModelRunner runner_;
+  DType kv_dtype_;
+};
+
+Json MeasurementJson(const Measurement& m, double dram_bandwidth) {
+  return Json{{"preset", m.preset},
+              {"context", m.context},
+              {"batch", m.batch},
+              {"kv_bytes", m.kv_bytes},
+              {"prefill_tokens_per_s", m.prefill_tokens_per_s},
+              {"decode_tokens_per_s", m.decode_tokens_per_s},
+              {"decode_step_s", m.decode_step_s},
+              {"decode_bytes_per_step", m.decode_bytes_per_step},
+              {"weight_bytes", m.weight_bytes},
+              {"decode_bandwidth_bytes_per_s", m.decode_bandwidth},
+              {"dram_bandwidth_fraction", m.decode_bandwidth / dram_bandwidth},
+              {"bandwidth_bound_tokens_per_s", static_cast<double>(m.batch) * dram_bandwidth /
+                                                   static_cast<double>(m.decode_bytes_per_step)},
+              {"decode_kv", "synthetic"}};
+}
+
+void RunBench(const ModelSource& source, const BenchOptions& options) {
+  std::vector<std::string> presets = options.compare;
+  if (presets.empty() && source.has_preset()) presets.push_back(source.label());
+  if (presets.empty() && options.model.empty() && !source.has_config())
+    presets = {"standard", "ma-pairs"};
+  if (!options.model.empty() && (!presets.empty() || source.has_config())) {
+    Fail("give --model DIR, or presets (--preset / --compare), not both");
+  }
+  for (int64_t c : options.contexts)
+    if (c < 1) Fail("--context values must be >= 1");
+  for (int64_t b : options.batches)
+    if (b < 1) Fail("--batch values must be >= 1");
+
+  std::fprintf(stderr, "measuring DRAM read bandwidth... ");
+  const double dram = MeasureReadBandwidth();
+  std::fprintf(stderr, "%.1f GB/s\n", dram / 1e9);
+
+  std::vector<std::unique_ptr<PresetBench>> benches;
+  std::vector<std::unique_ptr<ModelWeights>> weights_store;
+  if (!options.model.empty()) {
+    LoadedModel model = LoadModelDir(options.model);
+    weights_store.push_back(std::make_unique<ModelWeights>(std::move(model.weights)));
+    benches.push_back(
+        std::make_unique<PresetBench>(options.model, model.config, *weights_store.back(), options));
+  } else {
+    for (const std::string& preset : presets) {
+      const ModelConfig config = MakePresetConfig(preset, source.shape_flags().shape());
+      weights_store.push_back(std::make_unique<ModelWeights>(RandomWeights(config, 1)));
+      benches.push_back(
+          std::make_unique<PresetBench>(preset, config, *weights_store.back(), options));
+    }
+  }
+
+  std::map<std::string, double> prefill;
+  for (auto& bench : benches) {
+    std::fprintf(stderr, "prefill %s: %lld tokens in chunks of %lld... ", bench->name().c_str(),
+                 static_cast<long long>(options.prefill_tokens),
+                 static_cast<long long>(options.chunk));
+    prefill[bench->name()] = bench->Prefill();
+    std::fprintf(stderr, "%.0f tokens/s\n", prefill[bench->name()]);
+  }
+
+  std::vector<Measurement> results;
+  const int64_t budget =
+      options.kv_budget.empty() ? 0 : ParseByteSize(options.kv_budget, "--kv-budget");
+  for (int64_t context : options.contexts) {
+    std::vector<int64_t> batches = options.batches;
+    for (size_t bi = 0; bi < (budget ? 1 : batches.size()); ++bi) {
+      // Interleave presets at each point so machine noise hits them alike.
+      for (auto& bench : benches) {
+        int64_t batch = budget ? 0 : batches[bi];
+        if (budget) {
+          const KvPlan& plan = bench->runner().plan();
+          const int64_t block_bytes = KvBlockPool::BlockBytes(
+              options.block_tokens, bench->runner().config().num_key_value_heads,
+              bench->runner().config().head_dim,
+              options.kv_dtype == "f32" ? DType::kF32 : DType::kBF16);
+          batch = plan.max_sequences_in_blocks(budget / block_bytes, context, options.block_tokens,
+                                               options.chunk);
+          if (batch < 1)
+            Fail(bench->name(), ": not one ", context, "-token sequence fits in ",
+                 options.kv_budget);
+        }
+        std::fprintf(stderr, "decode %s: context %lld, batch %lld... ", bench->name().c_str(),
+                     static_cast<long long>(context), static_cast<long long>(batch));
+        Measurement m = bench->Decode(context, batch);
+        m.prefill_tokens_per_s = prefill[bench->name()];
+        std::fprintf(stderr, "%.1f tokens/s\n", m.decode_tokens_per_s);
+        results.push_back(m);
+      }
+    }
+  }
+
+  // Table, with ratios against the first preset at the same context and batch index.
+  std::printf(
+      "\nDecode over synthetic KV caches (blocks allocated as after a real prefill); DRAM read "
+      "%.1f GB/s; "
+      "weights %s, KV %s\n\n",
+      dram / 1e9, options.weights_dtype.c_str(), options.kv_dtype.c_str());
+  std::printf("%-22s %7s %6s %10s %12s %12s %14s %9s %12s %8s\n", "preset", "context", "batch",
+              "KV alloc", "prefill t/s", "decode t/s", "bytes/step", "GB/s", "DRAM bound",
+              "vs first");
+  // Results come in groups of one measurement per preset (same context, same batch or budget).
+  const size_t group = benches.size();
+  for (size_t i = 0; i < results.size(); ++i) {
+    const Measurement& m = results[i];
+    const Measurement& first = results[i - i % group];
+    std::printf("%-22s %7lld %6lld %10s %12.0f %12.1f %14s %9.1f %12.1f %7.2fx\n", m.preset.c_str(),
+                static_cast<long long>(m.context), static_cast<long long>(m.batch),
+                FormatBytes(m.kv_bytes).c_str(), m.prefill_tokens_per_s, m.decode_tokens_per_s,
+                FormatBytes(m.decode_bytes_per_step).c_str(), m.decode_bandwidth / 1e9,
+                static_cast<double>(m.batch) * dram / static_cast<double>(m.decode_bytes_per_step),
+                m.decode_tokens_per_s / first.decode_tokens_per_s);
+  }
+  std::printf(
+      "\nDRAM bound = tokens/s if every decode step moved its bytes at the measured DRAM read "
+      "bandwidth.\n");
+
+  if (!options.json_path.empty()) {
+    Json out = Json::array();
+    for (const Measurement& m : results) out.push_back(MeasurementJson(m, dram));
+    std::ofstream file(options.json_path);
+    file << out.dump(2) << "\n";
+    if (!file) Fail(options.json_path, ": cannot write");
+    std::fprintf(stderr, "wrote %s\n", options.json_path.c_str());
+  }
+}
+
+}  // namespace
+
+void RegisterBenchCommand(CLI::App& app) {
+  CLI::App* command = app.add_subcommand("bench",
+                                         "decode/prefill throughput, KV memory and bytes moved per "
+                                         "step, across presets, contexts and batches");
+  auto options = std::make_shared<BenchOptions>();
+  auto source = std::make_shared<ModelSource>(BenchDefaultShape());
+  source->Register(*command);
+  command->add_option("--model", options->model,
+                      "benchmark a model directory instead of random-weight presets");
+  command
+      ->add_option("--compare", options->compare,
+                   "presets to run side by side, interleaved; ratios against the first")
+      ->delimiter(',');
+  command->add_option("--context", options->contexts, "context lengths, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  command->add_option("--batch", options->batches, "batch sizes, comma-separated")
+      ->delimiter(',')
+      ->capture_default_str();
+  command->add_option(
+      "--kv-budget", options->kv_budget,
+      "run each preset at the largest batch this KV memory admits (e.g. 4GiB), instead of --batch");
+  command->add_option("--decode-steps", options->decode_steps, "decode steps per timing")
+      ->capture_default_str();
+  command->add_option("--repeats", options->repeats, "timings per point; the best is reported")
+      ->capture_default_str();
+  command
+      ->add_option("--prefill-tokens", options->prefill_tokens, "tokens of the prefill measurement")
+      ->capture_default_str();
+  command->add_option("--block-size", options->block_tokens, "KV block size in tokens")
+      ->capture_default_str();
+  command->add_option("--chunk", options->chunk, "prefill chunk in tokens")->capture_default_str();
+  command->add_option("--weights-dtype", options->weights_dtype)
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+  command->add_option("--kv-dtype", options->kv_dtype)
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+  command->add_option("--json", options->json_path,
+                      "write one JSON object per preset x context x batch to this file");
+  command->callback([options, source]() { RunBench(*source, *options); });
+}
+
+}  // namespace mixattn::cli
