@@ -61,7 +61,8 @@ int64_t SimulateSlidingBlocks(int64_t context, int64_t window, int64_t block_tok
                               int64_t first_chunk) {
   int64_t most = 0;
   for (int64_t start = 0; start < context; start += start == 0 ? first_chunk : chunk) {
-    const int64_t end = std::min(context, start + (start == 0 ? first_chunk : chunk));  // [start, end)
+    const int64_t end =
+        std::min(context, start + (start == 0 ? first_chunk : chunk));  // [start, end)
     const int64_t oldest_needed = std::max<int64_t>(0, start - window + 1);
     const int64_t first_block = oldest_needed / block_tokens;
     const int64_t last_block = (end - 1) / block_tokens;
@@ -82,7 +83,8 @@ TEST(KvPlanTest, BlockFormulaIsTheWorstCaseOfTheFreeingRule) {
         // The worst case over where the chunks fall: every context length up to a few windows.
         for (int64_t context = 1; context <= 4 * window + 3 * chunk + 2 * block; ++context) {
           for (int64_t first_chunk = 1; first_chunk <= chunk; ++first_chunk) {
-            const int64_t simulated = SimulateSlidingBlocks(context, window, block, chunk, first_chunk);
+            const int64_t simulated =
+                SimulateSlidingBlocks(context, window, block, chunk, first_chunk);
             ASSERT_LE(simulated, plan.kv_blocks_held(0, context, block, chunk))
                 << "W=" << window << " B=" << block << " C=" << chunk << " T=" << context;
             worst = std::max(worst, simulated);
@@ -92,7 +94,8 @@ TEST(KvPlanTest, BlockFormulaIsTheWorstCaseOfTheFreeingRule) {
         EXPECT_EQ(worst, plan.kv_blocks_held(0, long_context, block, chunk))
             << "the formula is attained: W=" << window << " B=" << block << " C=" << chunk;
         // The stated bound.
-        EXPECT_LE(plan.kv_blocks_held(0, long_context, block, chunk), (window + chunk + block - 1) / block + 1);
+        EXPECT_LE(plan.kv_blocks_held(0, long_context, block, chunk),
+                  (window + chunk + block - 1) / block + 1);
       }
     }
   }

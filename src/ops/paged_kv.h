@@ -4,7 +4,8 @@
 //
 // Legend: B = block_tokens, KVH = kv_heads, D = head_dim.
 // Block layout in the pool: block id b starts at pool_base + b * block_bytes and holds
-//   K [B, KVH, D] then V [B, KVH, D], each element of `dtype`;  block_bytes = 2 * B * KVH * D * size.
+//   K [B, KVH, D] then V [B, KVH, D], each element of `dtype`;  block_bytes = 2 * B * KVH * D *
+//   size.
 // Token at position p lives in logical block p / B, slot p % B. A sliding owner frees blocks that
 // have wholly left its window, so the view lists logical blocks first_block .. first_block +
 // num_blocks - 1 only; positions before first_block * B are gone and must not be read.
@@ -20,14 +21,15 @@ namespace mixattn::ops {
 struct PagedKvView {
   std::byte* pool_base = nullptr;
   int64_t block_bytes = 0;
-  int64_t block_tokens = 0;     // B
-  int64_t kv_heads = 0;         // KVH
-  int64_t head_dim = 0;         // D
+  int64_t block_tokens = 0;  // B
+  int64_t kv_heads = 0;      // KVH
+  int64_t head_dim = 0;      // D
   DType dtype = DType::kBF16;
-  const int32_t* block_ids = nullptr;  // [num_blocks] pool block ids of logical blocks first_block..
+  const int32_t* block_ids =
+      nullptr;  // [num_blocks] pool block ids of logical blocks first_block..
   int64_t first_block = 0;
   int64_t num_blocks = 0;
-  int64_t num_tokens = 0;       // positions 0 .. num_tokens-1 have been written
+  int64_t num_tokens = 0;  // positions 0 .. num_tokens-1 have been written
 
   // Address of the K (or V) vector of `position` for KV head 0: [KVH, D] contiguous elements.
   std::byte* key(int64_t position) const { return slot(position); }
