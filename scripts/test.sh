@@ -6,6 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 fuzz_seconds="${MIXATTN_FUZZ_SECONDS:-20}"
 
+echo "== formatting (.clang-format)"
+git ls-files '*.cc' '*.h' | xargs clang-format --dry-run --Werror
+
 echo "== release build + tests"
 scripts/build.sh build
 ctest --test-dir build --output-on-failure -j"$(nproc)"
