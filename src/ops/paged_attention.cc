@@ -25,6 +25,11 @@
 // decode stays bandwidth-bound as long as the per-key overhead (conversion, score tree, softmax)
 // stays small. That is why each K/V load serves the whole query group and no score is reduced
 // on its own.
+#ifndef MIXATTN_PAGED_ATTENTION_KERNEL_PASS
+// ================================================================================================
+// Main pass: everything but the kernel, which is at the bottom of this file and is included once
+// per instruction set (see "Kernel instances" below).
+
 #include "ops/paged_attention.h"
 
 #include <algorithm>
@@ -34,22 +39,21 @@
 #include <vector>
 
 #if defined(__x86_64__)
+#if defined(__GNUC__) && !defined(__clang__)
 // GCC 12's AVX-512 intrinsics fill "undefined" operands with self-initialised variables, which
 // -Wmaybe-uninitialized flags once inlined (GCC PR 105593, fixed in GCC 13).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 #pragma GCC diagnostic pop
+#else
+#include <immintrin.h>
+#endif
 #define MIXATTN_PAGED_ATTENTION_X86 1
 #endif
 
 #include "core/dtype.h"
 #include "core/error.h"
-
-// The kernel template is instantiated with vector types wider than this file's baseline ISA. It
-// is only run inlined into a function compiled for that ISA, so GCC's note that passing such a
-// vector by value would change the ABI does not apply.
-#pragma GCC diagnostic ignored "-Wpsabi"
 
 namespace mixattn::ops {
 namespace {
@@ -144,10 +148,110 @@ void PagedAttentionScalar(std::span<const AttentionJob> jobs, int64_t query_head
 namespace {
 
 // ------------------------------------------------------------------------------------------------
-// The vector layer: per instruction set, a vector V of kLanes f32 and a few operations on it.
-// The kernel below is written once against this interface.
+// Shared by every kernel instance (no vector types here).
 
-struct PortableIsa {
+constexpr int64_t kQueryTile = 16;  // queries per work item: R = 16 G rows share each K/V chunk
+constexpr int64_t kMaxLanes = 16;
+// Keys prefetched ahead of the one being loaded: 32 keys of D = 64 bf16 K and V are 16 KiB in
+// flight, about what one core needs to stream at 40 GB/s with ~100 ns DRAM latency (Little's law:
+// 40 GB/s * 100 ns = 4 KB, times a margin for the block jumps the hardware prefetcher misses).
+constexpr int64_t kPrefetchKeys = 32;
+
+// Walks key positions in order and gives the address of each one's K vector for one KV head,
+// with no division and no block lookup per key inside a block. Pool layout (paged_kv.h): block id
+// b holds K [B, KVH, D] then V [B, KVH, D]; position p is logical block p / B, slot p % B. The
+// next block's id is looked up only when a key in it is asked for, so walking up to the end of
+// the listed blocks never reads past them.
+class KeyCursor {
+ public:
+  KeyCursor(const PagedKvView& kv, int64_t kv_head, int64_t position)
+      : kv_(kv),
+        token_bytes_(kv.kv_heads * kv.head_dim * DTypeSize(kv.dtype)),
+        head_offset_(kv_head * kv.head_dim * DTypeSize(kv.dtype)),
+        block_(position / kv.block_tokens),
+        slot_(position % kv.block_tokens) {}
+
+  const std::byte* key() {
+    if (address_ == nullptr) {
+      const int64_t id = kv_.block_ids[block_ - kv_.first_block];
+      address_ = kv_.pool_base + id * kv_.block_bytes + slot_ * token_bytes_ + head_offset_;
+    }
+    return address_;
+  }
+  void Next() {
+    if (++slot_ == kv_.block_tokens) {
+      slot_ = 0;
+      ++block_;
+      address_ = nullptr;
+    } else if (address_ != nullptr) {
+      address_ += token_bytes_;
+    }
+  }
+
+ private:
+  const PagedKvView& kv_;
+  int64_t token_bytes_;                 // one position's [KVH, D]
+  int64_t head_offset_;                 // KV head kv_head within it
+  int64_t block_;                       // logical block of the current position
+  int64_t slot_;                        // its slot in the block
+  const std::byte* address_ = nullptr;  // of the current K vector, once computed
+};
+
+// Prefetches the cache lines of one position's K and V vectors of one head.
+void PrefetchKeyValue(const std::byte* key, int64_t value_offset, int64_t row_bytes) {
+  for (int64_t offset = 0; offset < row_bytes; offset += 64) {
+    __builtin_prefetch(key + offset);
+    __builtin_prefetch(key + value_offset + offset);
+  }
+}
+
+int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
+
+// Offsets (in floats, each 64-byte aligned relative to the base) of one work item's scratch.
+struct TileScratch {
+  int64_t q_rows;    // [R, Dp] queries scaled by 1/sqrt(D), zero-padded to Dp
+  int64_t o_rows;    // [R, Dp] running numerators o
+  int64_t row_max;   // [R] running maxima m
+  int64_t row_sum;   // [R, L] running denominators l, kept per lane until the end
+  int64_t k_chunk;   // [L, Dp] the chunk's keys as f32
+  int64_t v_chunk;   // [L, Dp] the chunk's values as f32
+  int64_t zero_row;  // [Dp] zeros: stands in for the keys past the end of a short chunk
+  int64_t probs;     // [L] e^(s_i - m') of the current row and chunk
+  int64_t total;
+};
+
+TileScratch LayoutTileScratch(int64_t rows, int64_t padded_dim, int64_t lanes) {
+  TileScratch s;
+  int64_t at = 0;
+  auto take = [&at](int64_t floats) {
+    const int64_t offset = at;
+    at += RoundUp(floats, 16);
+    return offset;
+  };
+  s.q_rows = take(rows * padded_dim);
+  s.o_rows = take(rows * padded_dim);
+  s.row_max = take(rows);
+  s.row_sum = take(rows * lanes);
+  s.k_chunk = take(lanes * padded_dim);
+  s.v_chunk = take(lanes * padded_dim);
+  s.zero_row = take(padded_dim);
+  s.probs = take(lanes);
+  s.total = at;
+  return s;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Kernel instances. Each instruction set is a namespace holding `Isa` (a vector V of kLanes f32
+// and a few operations on it) and the kernel, written once at the bottom of this file against
+// `Isa` and included here. Both are compiled inside a target region for that ISA, the way
+// Highway's foreach_target (and so gemma.cpp) does it: GCC and clang then inline the intrinsics,
+// and neither passes a vector to code compiled without the ISA. PagedAttention picks one at run
+// time; nothing here runs on a CPU that lacks its ISA.
+
+#define MIXATTN_PAGED_ATTENTION_KERNEL_PASS
+
+namespace portable {
+struct Isa {
   static constexpr int kLanes = 4;
   struct V {
     float lane[kLanes];
@@ -219,32 +323,37 @@ struct PortableIsa {
   }
 };
 
+#include "ops/paged_attention.cc"  // NOLINT(build/include): the kernel, for this Isa
+}  // namespace portable
+
 #ifdef MIXATTN_PAGED_ATTENTION_X86
 
-#define MIXATTN_AVX2 __attribute__((target("avx2,fma")))
-#define MIXATTN_AVX512 __attribute__((target("avx512f,fma")))
-
-struct Avx2Isa {
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#endif
+namespace avx2 {
+struct Isa {
   static constexpr int kLanes = 8;
   using V = __m256;
 
-  MIXATTN_AVX2 static V Set1(float x) { return _mm256_set1_ps(x); }
-  MIXATTN_AVX2 static V Zero() { return _mm256_setzero_ps(); }
-  MIXATTN_AVX2 static V Load(const float* p) { return _mm256_loadu_ps(p); }
-  MIXATTN_AVX2 static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
-  MIXATTN_AVX2 static V Add(V a, V b) { return _mm256_add_ps(a, b); }
-  MIXATTN_AVX2 static V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
-  MIXATTN_AVX2 static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
-  MIXATTN_AVX2 static V Max(V a, V b) { return _mm256_max_ps(a, b); }
-  MIXATTN_AVX2 static V MulAdd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
-  MIXATTN_AVX2 static V Round(V a) {
-    return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  }
-  MIXATTN_AVX2 static V Pow2(V n) {
+  static V Set1(float x) { return _mm256_set1_ps(x); }
+  static V Zero() { return _mm256_setzero_ps(); }
+  static V Load(const float* p) { return _mm256_loadu_ps(p); }
+  static void Store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  static V Add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V Sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V Mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V Max(V a, V b) { return _mm256_max_ps(a, b); }
+  static V MulAdd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+  static V Round(V a) { return _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static V Pow2(V n) {
     const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127));
     return _mm256_castsi256_ps(_mm256_slli_epi32(biased, 23));
   }
-  MIXATTN_AVX2 static float ReduceMax(V a) {
+  static float ReduceMax(V a) {
     __m128 x = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
     x = _mm_max_ps(x, _mm_permute_ps(x, 0x4e));  // swap 64-bit halves
     x = _mm_max_ps(x, _mm_permute_ps(x, 0xb1));  // swap neighbours
@@ -252,7 +361,7 @@ struct Avx2Isa {
   }
   // Transpose-and-add: hadd pairs twice (each 128-bit half now holds 4 partial sums of 4
   // accumulators), then add the two halves: [s0..s3 | s4..s7].
-  MIXATTN_AVX2 static V SumLanesOf(const V (&acc)[kLanes]) {
+  static V SumLanesOf(const V (&acc)[kLanes]) {
     const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]);
     const __m256 t1 = _mm256_hadd_ps(acc[2], acc[3]);
     const __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]);
@@ -262,45 +371,60 @@ struct Avx2Isa {
     return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
                          _mm256_permute2f128_ps(u0, u1, 0x31));
   }
-  MIXATTN_AVX2 static V KeepLanes(V x, int64_t first, int64_t last, float fill) {
+  static V KeepLanes(V x, int64_t first, int64_t last, float fill) {
     const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 keep =
         _mm256_and_ps(_mm256_cmp_ps(lane, _mm256_set1_ps(static_cast<float>(first)), _CMP_GE_OQ),
                       _mm256_cmp_ps(lane, _mm256_set1_ps(static_cast<float>(last)), _CMP_LT_OQ));
     return _mm256_blendv_ps(_mm256_set1_ps(fill), x, keep);
   }
-  MIXATTN_AVX2 static V LoadBf16(const uint16_t* p) {  // bf16 is the top half of an f32
+  static V LoadBf16(const uint16_t* p) {  // bf16 is the top half of an f32
     const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
   }
 };
 
+#include "ops/paged_attention.cc"  // NOLINT(build/include): the kernel, for this Isa
+}  // namespace avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,fma")
+#endif
+namespace avx512 {
 // AVX-512F only (no avx512_bf16 needed): bf16 -> f32 is a shift, and the dot products stay f32
 // because _mm512_dpbf16_ps would need q rounded to bf16, an error of ~2^-9 in every score.
-struct Avx512Isa {
+struct Isa {
   static constexpr int kLanes = 16;
   using V = __m512;
 
-  MIXATTN_AVX512 static V Set1(float x) { return _mm512_set1_ps(x); }
-  MIXATTN_AVX512 static V Zero() { return _mm512_setzero_ps(); }
-  MIXATTN_AVX512 static V Load(const float* p) { return _mm512_loadu_ps(p); }
-  MIXATTN_AVX512 static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
-  MIXATTN_AVX512 static V Add(V a, V b) { return _mm512_add_ps(a, b); }
-  MIXATTN_AVX512 static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
-  MIXATTN_AVX512 static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
-  MIXATTN_AVX512 static V Max(V a, V b) { return _mm512_max_ps(a, b); }
-  MIXATTN_AVX512 static V MulAdd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
-  MIXATTN_AVX512 static V Round(V a) {
+  static V Set1(float x) { return _mm512_set1_ps(x); }
+  static V Zero() { return _mm512_setzero_ps(); }
+  static V Load(const float* p) { return _mm512_loadu_ps(p); }
+  static void Store(float* p, V v) { _mm512_storeu_ps(p, v); }
+  static V Add(V a, V b) { return _mm512_add_ps(a, b); }
+  static V Sub(V a, V b) { return _mm512_sub_ps(a, b); }
+  static V Mul(V a, V b) { return _mm512_mul_ps(a, b); }
+  static V Max(V a, V b) { return _mm512_max_ps(a, b); }
+  static V MulAdd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+  static V Round(V a) {
     return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   }
-  MIXATTN_AVX512 static V Pow2(V n) {
+  static V Pow2(V n) {
     const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(biased, 23));
   }
   // _mm512_shuffle_f32x4(a, b, imm) picks 128-bit quarters: [a.q(imm[1:0]), a.q(imm[3:2]),
   // b.q(imm[5:4]), b.q(imm[7:6])]; _mm512_shuffle_ps does the same with f32 lanes inside each
   // quarter. (GCC 12's _mm512_reduce_* warn about uninitialized temporaries, hence by hand.)
-  MIXATTN_AVX512 static float ReduceMax(V a) {
+  static float ReduceMax(V a) {
     V x = _mm512_max_ps(a, _mm512_shuffle_f32x4(a, a, 0x4e));  // quarters 2 3 0 1
     x = _mm512_max_ps(x, _mm512_shuffle_f32x4(x, x, 0xb1));    // quarters 1 0 3 2
     x = _mm512_max_ps(x, _mm512_permute_ps(x, 0x4e));          // lanes 2 3 0 1 in each quarter
@@ -308,14 +432,14 @@ struct Avx512Isa {
     return _mm512_cvtss_f32(x);
   }
   // Pairwise add inside each quarter: [x0+x1, x2+x3, y0+y1, y2+y3] (AVX's hadd, per quarter).
-  MIXATTN_AVX512 static V HorizontalAdd(V x, V y) {
+  static V HorizontalAdd(V x, V y) {
     return _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x88), _mm512_shuffle_ps(x, y, 0xdd));
   }
   // Transpose-and-add tree, 46 shuffles and adds for 16 sums (16 separate reductions take ~130):
   //   b_i = [a_i.q0 + a_i.q2, a_i.q1 + a_i.q3, a_{i+8}.q0 + a_{i+8}.q2, a_{i+8}.q1 + a_{i+8}.q3]
   //   u0 = hadd(hadd(b0, b1), hadd(b2, b3)): quarter k holds the sums of quarter k of b0..b3,
   //   so u0.q0 + u0.q1 = s0..s3 and u0.q2 + u0.q3 = s8..s11; u1 likewise for s4..s7, s12..s15.
-  MIXATTN_AVX512 static V SumLanesOf(const V (&acc)[kLanes]) {
+  static V SumLanesOf(const V (&acc)[kLanes]) {
     V b[8];
     for (int i = 0; i < 8; ++i) {
       b[i] =
@@ -328,333 +452,45 @@ struct Avx512Isa {
                                  _mm512_shuffle_f32x4(u0, u1, 0xdd));  // u0.q1 u0.q3 u1.q1 u1.q3
     return _mm512_shuffle_f32x4(sums, sums, 0xd8);  // [s0..3, s8..11, s4..7, s12..15] -> in order
   }
-  MIXATTN_AVX512 static V KeepLanes(V x, int64_t first, int64_t last, float fill) {
+  static V KeepLanes(V x, int64_t first, int64_t last, float fill) {
     const uint32_t below_last = (1u << last) - 1;  // last <= 16
     const auto keep = static_cast<__mmask16>(below_last & (0xffffu << first));
     return _mm512_mask_mov_ps(_mm512_set1_ps(fill), keep, x);
   }
-  MIXATTN_AVX512 static V LoadBf16(const uint16_t* p) {  // bf16 is the top half of an f32
+  static V LoadBf16(const uint16_t* p) {  // bf16 is the top half of an f32
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
   }
 };
 
+#include "ops/paged_attention.cc"  // NOLINT(build/include): the kernel, for this Isa
+}  // namespace avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
 #endif  // MIXATTN_PAGED_ATTENTION_X86
 
+#undef MIXATTN_PAGED_ATTENTION_KERNEL_PASS
+
 // ------------------------------------------------------------------------------------------------
-// The kernel, written once against the vector layer.
+// Dispatch.
 
-constexpr int64_t kQueryTile = 16;  // queries per work item: R = 16 G rows share each K/V chunk
-constexpr int64_t kMaxLanes = 16;
-// Keys prefetched ahead of the one being loaded: 32 keys of D = 64 bf16 K and V are 16 KiB in
-// flight, about what one core needs to stream at 40 GB/s with ~100 ns DRAM latency (Little's law:
-// 40 GB/s * 100 ns = 4 KB, times a margin for the block jumps the hardware prefetcher misses).
-constexpr int64_t kPrefetchKeys = 32;
-
-// Walks key positions in order and gives the address of each one's K vector for one KV head,
-// with no division and no block lookup per key inside a block. Pool layout (paged_kv.h): block id
-// b holds K [B, KVH, D] then V [B, KVH, D]; position p is logical block p / B, slot p % B. The
-// next block's id is looked up only when a key in it is asked for, so walking up to the end of
-// the listed blocks never reads past them.
-class KeyCursor {
- public:
-  KeyCursor(const PagedKvView& kv, int64_t kv_head, int64_t position)
-      : kv_(kv),
-        token_bytes_(kv.kv_heads * kv.head_dim * DTypeSize(kv.dtype)),
-        head_offset_(kv_head * kv.head_dim * DTypeSize(kv.dtype)),
-        block_(position / kv.block_tokens),
-        slot_(position % kv.block_tokens) {}
-
-  const std::byte* key() {
-    if (address_ == nullptr) {
-      const int64_t id = kv_.block_ids[block_ - kv_.first_block];
-      address_ = kv_.pool_base + id * kv_.block_bytes + slot_ * token_bytes_ + head_offset_;
-    }
-    return address_;
-  }
-  void Next() {
-    if (++slot_ == kv_.block_tokens) {
-      slot_ = 0;
-      ++block_;
-      address_ = nullptr;
-    } else if (address_ != nullptr) {
-      address_ += token_bytes_;
-    }
-  }
-
- private:
-  const PagedKvView& kv_;
-  int64_t token_bytes_;                 // one position's [KVH, D]
-  int64_t head_offset_;                 // KV head kv_head within it
-  int64_t block_;                       // logical block of the current position
-  int64_t slot_;                        // its slot in the block
-  const std::byte* address_ = nullptr;  // of the current K vector, once computed
-};
-
-// Prefetches the cache lines of one position's K and V vectors of one head.
-void PrefetchKeyValue(const std::byte* key, int64_t value_offset, int64_t row_bytes) {
-  for (int64_t offset = 0; offset < row_bytes; offset += 64) {
-    __builtin_prefetch(key + offset);
-    __builtin_prefetch(key + value_offset + offset);
-  }
-}
-
-// k_out[D], v_out[D] = bf16 rows k[D], v[D] widened to f32 (one loop for both halves the loop
-// overhead, which is what the conversion costs next to its one load, shift and store).
-template <class Isa>
-[[gnu::always_inline]] inline void WidenBf16Rows(const uint16_t* k, const uint16_t* v, float* k_out,
-                                                 float* v_out, int64_t dim) {
-  int64_t d = 0;
-#pragma GCC unroll 2
-  for (; d + Isa::kLanes <= dim; d += Isa::kLanes) {
-    Isa::Store(k_out + d, Isa::LoadBf16(k + d));
-    Isa::Store(v_out + d, Isa::LoadBf16(v + d));
-  }
-  for (; d < dim; ++d) {
-    k_out[d] = Bf16ToF32(k[d]);
-    v_out[d] = Bf16ToF32(v[d]);
-  }
-}
-
-int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
-
-// Offsets (in floats, each 64-byte aligned relative to the base) of one work item's scratch.
-struct TileScratch {
-  int64_t q_rows;    // [R, Dp] queries scaled by 1/sqrt(D), zero-padded to Dp
-  int64_t o_rows;    // [R, Dp] running numerators o
-  int64_t row_max;   // [R] running maxima m
-  int64_t row_sum;   // [R, L] running denominators l, kept per lane until the end
-  int64_t k_chunk;   // [L, Dp] the chunk's keys as f32
-  int64_t v_chunk;   // [L, Dp] the chunk's values as f32
-  int64_t zero_row;  // [Dp] zeros: stands in for the keys past the end of a short chunk
-  int64_t probs;     // [L] e^(s_i - m') of the current row and chunk
-  int64_t total;
-};
-
-TileScratch LayoutTileScratch(int64_t rows, int64_t padded_dim, int64_t lanes) {
-  TileScratch s;
-  int64_t at = 0;
-  auto take = [&at](int64_t floats) {
-    const int64_t offset = at;
-    at += RoundUp(floats, 16);
-    return offset;
-  };
-  s.q_rows = take(rows * padded_dim);
-  s.o_rows = take(rows * padded_dim);
-  s.row_max = take(rows);
-  s.row_sum = take(rows * lanes);
-  s.k_chunk = take(lanes * padded_dim);
-  s.v_chunk = take(lanes * padded_dim);
-  s.zero_row = take(padded_dim);
-  s.probs = take(lanes);
-  s.total = at;
-  return s;
-}
-
-// e^x for x <= 0, after Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6
-// minimax polynomial, 2^n by building the exponent. Relative error ~1e-7. x is clamped at -87
-// (e^-87 ~ 1.6e-38, and 2^n stays a normal number).
-template <class Isa>
-[[gnu::always_inline]] inline typename Isa::V ExpNonPositive(const typename Isa::V& x_in) {
-  const auto x = Isa::Max(x_in, Isa::Set1(-87.0f));
-  const auto n = Isa::Round(Isa::Mul(x, Isa::Set1(1.44269504088896341f)));  // x / ln2
-  auto r = Isa::MulAdd(n, Isa::Set1(-0.693359375f), x);  // ln2 in two parts: exact n * hi
-  r = Isa::MulAdd(n, Isa::Set1(2.12194440e-4f), r);
-  auto p = Isa::Set1(1.9875691500e-4f);
-  p = Isa::MulAdd(p, r, Isa::Set1(1.3981999507e-3f));
-  p = Isa::MulAdd(p, r, Isa::Set1(8.3334519073e-3f));
-  p = Isa::MulAdd(p, r, Isa::Set1(4.1665795894e-2f));
-  p = Isa::MulAdd(p, r, Isa::Set1(1.6666665459e-1f));
-  p = Isa::MulAdd(p, r, Isa::Set1(5.0000001201e-1f));
-  p = Isa::MulAdd(p, Isa::Mul(r, r), Isa::Add(r, Isa::Set1(1.0f)));  // 1 + r + r^2 P(r)
-  return Isa::Mul(p, Isa::Pow2(n));
-}
-
-// One work item: KV head `kv_head` of `job`, queries [t_begin, t_end) of the job.
-//   job.q[Q, NH, D] -> job.out[Q, NH, D] for query heads kv_head * G .. kv_head * G + G - 1.
-template <class Isa>
-[[gnu::always_inline]] inline void AttendTile(const AttentionJob& job, int64_t query_heads,
-                                              int64_t kv_head, int64_t t_begin, int64_t t_end,
-                                              float* scratch) {
-  using V = typename Isa::V;
-  constexpr int kLanes = Isa::kLanes;
-  const PagedKvView& kv = job.kv;
-  const int64_t dim = kv.head_dim;
-  const int64_t padded_dim = RoundUp(dim, kLanes);
-  const int64_t group = query_heads / kv.kv_heads;
-  const int64_t rows = (t_end - t_begin) * group;  // row r = (t - t_begin) * G + g
-  const TileScratch layout = LayoutTileScratch(rows, padded_dim, kLanes);
-  float* q_rows = scratch + layout.q_rows;
-  float* o_rows = scratch + layout.o_rows;
-  float* row_max = scratch + layout.row_max;
-  float* row_sum = scratch + layout.row_sum;
-  float* k_chunk = scratch + layout.k_chunk;
-  float* v_chunk = scratch + layout.v_chunk;
-  float* zero_row = scratch + layout.zero_row;
-  float* probs = scratch + layout.probs;
-
-  // Rows start from q / sqrt(D), o = 0, m = -inf, l = 0; padding lanes stay zero throughout.
-  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    for (int64_t g = 0; g < group; ++g) {
-      const float* q = job.q + (t * query_heads + kv_head * group + g) * dim;
-      float* row = q_rows + ((t - t_begin) * group + g) * padded_dim;
-      for (int64_t d = 0; d < dim; ++d) row[d] = q[d] * scale;
-      std::fill(row + dim, row + padded_dim, 0.0f);
-    }
-  }
-  std::fill(o_rows, o_rows + rows * padded_dim, 0.0f);
-  std::fill(row_max, row_max + rows, -kInf);
-  std::fill(row_sum, row_sum + rows * kLanes, 0.0f);
-  std::fill(k_chunk, k_chunk + kLanes * padded_dim, 0.0f);
-  std::fill(v_chunk, v_chunk + kLanes * padded_dim, 0.0f);
-  std::fill(zero_row, zero_row + padded_dim, 0.0f);
-
-  const int64_t row_bytes = dim * DTypeSize(kv.dtype);
-  const int64_t value_offset = kv.block_tokens * kv.kv_heads * row_bytes;
-  const bool in_place = kv.dtype == DType::kF32 && dim % kLanes == 0;
-  const int64_t key_begin = FirstVisibleKey(job.q_start + t_begin, job.window);
-  const int64_t key_end = job.q_start + t_end;
-  KeyCursor next_key(kv, kv_head, key_begin);
-  // Blocks sit at scattered pool addresses, so the hardware prefetcher stalls at every block
-  // boundary; prefetch kPrefetchKeys ahead by hand (only keys < key_end: nothing else is listed).
-  KeyCursor prefetch(kv, kv_head, key_begin);
-  int64_t prefetch_position = key_begin;
-  auto prefetch_one = [&] {
-    if (prefetch_position >= key_end) return;
-    PrefetchKeyValue(prefetch.key(), value_offset, row_bytes);
-    prefetch.Next();
-    ++prefetch_position;
-  };
-  for (int64_t i = 0; i < kPrefetchKeys; ++i) prefetch_one();
-  const float* k_rows[kLanes];  // [L] -> [Dp] f32 keys of the chunk
-  const float* v_rows[kLanes];  // [L] -> [Dp] f32 values of the chunk
-
-  for (int64_t chunk = key_begin; chunk < key_end; chunk += kLanes) {
-    const int64_t chunk_len = std::min<int64_t>(kLanes, key_end - chunk);
-    for (int64_t i = 0; i < kLanes; ++i) {
-      if (i >= chunk_len) {
-        k_rows[i] = v_rows[i] = zero_row;
-        continue;
-      }
-      prefetch_one();
-      const std::byte* key = next_key.key();
-      const std::byte* value = key + value_offset;
-      next_key.Next();
-      if (in_place) {
-        k_rows[i] = reinterpret_cast<const float*>(key);
-        v_rows[i] = reinterpret_cast<const float*>(value);
-      } else {
-        float* k_dst = k_chunk + i * padded_dim;
-        float* v_dst = v_chunk + i * padded_dim;
-        if (kv.dtype == DType::kBF16) {
-          WidenBf16Rows<Isa>(reinterpret_cast<const uint16_t*>(key),
-                             reinterpret_cast<const uint16_t*>(value), k_dst, v_dst, dim);
-        } else {
-          std::memcpy(k_dst, key, static_cast<size_t>(dim * 4));
-          std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
-        }
-        k_rows[i] = k_dst;
-        v_rows[i] = v_dst;
-      }
-    }
-
-    for (int64_t t = t_begin; t < t_end; ++t) {
-      // Lanes [lane_begin, lane_end) of the chunk are keys this query sees.
-      const int64_t position = job.q_start + t;
-      const int64_t lane_begin =
-          std::max<int64_t>(FirstVisibleKey(position, job.window) - chunk, 0);
-      const int64_t lane_end = std::min<int64_t>(position + 1 - chunk, chunk_len);
-      if (lane_begin >= lane_end) continue;
-      for (int64_t g = 0; g < group; ++g) {
-        const int64_t r = (t - t_begin) * group + g;
-        // Scores s_i = q.k_i / sqrt(D): one accumulator per key, summed across lanes at the end.
-        const float* q = q_rows + r * padded_dim;
-        V acc[kLanes];
-#pragma GCC unroll 16
-        for (V& a : acc) a = Isa::Zero();
-        for (int64_t d = 0; d < padded_dim; d += kLanes) {
-          const V q_part = Isa::Load(q + d);
-#pragma GCC unroll 16
-          for (int i = 0; i < kLanes; ++i)
-            acc[i] = Isa::MulAdd(q_part, Isa::Load(k_rows[i] + d), acc[i]);
-        }
-        const V scores = Isa::KeepLanes(Isa::SumLanesOf(acc), lane_begin, lane_end, -kInf);
-
-        // Online softmax update (see the top of the file).
-        const float m_old = row_max[r];
-        const float m_new = std::max(m_old, Isa::ReduceMax(scores));
-        const float alpha = m_new == m_old ? 1.0f : std::exp(m_old - m_new);  // 0 at first
-        row_max[r] = m_new;
-        const V p = Isa::KeepLanes(ExpNonPositive<Isa>(Isa::Sub(scores, Isa::Set1(m_new))),
-                                   lane_begin, lane_end, 0.0f);
-        const V alpha_v = Isa::Set1(alpha);
-        float* sum = row_sum + r * kLanes;
-        Isa::Store(sum, Isa::MulAdd(Isa::Load(sum), alpha_v, p));
-        Isa::Store(probs, p);
-        V p_lane[kLanes];  // p_i broadcast to every lane
-#pragma GCC unroll 16
-        for (int i = 0; i < kLanes; ++i) p_lane[i] = Isa::Set1(probs[i]);
-        float* o = o_rows + r * padded_dim;
-        for (int64_t d = 0; d < padded_dim; d += kLanes) {
-          V o_part = Isa::Mul(Isa::Load(o + d), alpha_v);
-#pragma GCC unroll 16
-          for (int i = 0; i < kLanes; ++i)
-            o_part = Isa::MulAdd(p_lane[i], Isa::Load(v_rows[i] + d), o_part);
-          Isa::Store(o + d, o_part);
-        }
-      }
-    }
-  }
-
-  // out = o / l.
-  for (int64_t t = t_begin; t < t_end; ++t) {
-    for (int64_t g = 0; g < group; ++g) {
-      const int64_t r = (t - t_begin) * group + g;
-      float l = 0;
-      for (int64_t i = 0; i < kLanes; ++i) l += row_sum[r * kLanes + i];
-      const float* o = o_rows + r * padded_dim;
-      float* out = job.out + (t * query_heads + kv_head * group + g) * dim;
-      for (int64_t d = 0; d < dim; ++d) out[d] = o[d] / l;
-    }
-  }
-}
-
-// One entry point per instruction set; flatten inlines the template and the vector operations
-// into a function compiled for that ISA.
 using TileKernel = void (*)(const AttentionJob& job, int64_t query_heads, int64_t kv_head,
                             int64_t t_begin, int64_t t_end, float* scratch);
-
-[[gnu::flatten]] void AttendTilePortable(const AttentionJob& job, int64_t query_heads,
-                                         int64_t kv_head, int64_t t_begin, int64_t t_end,
-                                         float* scratch) {
-  AttendTile<PortableIsa>(job, query_heads, kv_head, t_begin, t_end, scratch);
-}
-
-#ifdef MIXATTN_PAGED_ATTENTION_X86
-[[gnu::flatten]] MIXATTN_AVX2 void AttendTileAvx2(const AttentionJob& job, int64_t query_heads,
-                                                  int64_t kv_head, int64_t t_begin, int64_t t_end,
-                                                  float* scratch) {
-  AttendTile<Avx2Isa>(job, query_heads, kv_head, t_begin, t_end, scratch);
-}
-
-[[gnu::flatten]] MIXATTN_AVX512 void AttendTileAvx512(const AttentionJob& job, int64_t query_heads,
-                                                      int64_t kv_head, int64_t t_begin,
-                                                      int64_t t_end, float* scratch) {
-  AttendTile<Avx512Isa>(job, query_heads, kv_head, t_begin, t_end, scratch);
-}
-#endif
 
 TileKernel KernelFor(AttentionIsa isa) {
   switch (isa) {
 #ifdef MIXATTN_PAGED_ATTENTION_X86
     case AttentionIsa::kAvx512:
-      return AttendTileAvx512;
+      return avx512::AttendTile;
     case AttentionIsa::kAvx2:
-      return AttendTileAvx2;
+      return avx2::AttendTile;
 #endif
     default:
-      return AttendTilePortable;
+      return portable::AttendTile;
   }
 }
 
@@ -742,3 +578,191 @@ void PagedAttention(std::span<const AttentionJob> jobs, int64_t query_heads, Att
 }
 
 }  // namespace mixattn::ops
+
+#else  // MIXATTN_PAGED_ATTENTION_KERNEL_PASS
+// ================================================================================================
+// Kernel pass: included inside namespace mixattn::ops::{anonymous}::<isa>, after that namespace's
+// `struct Isa`, and inside its target region. Includes nothing and opens no namespace.
+
+// k_out[D], v_out[D] = bf16 rows k[D], v[D] widened to f32 (one loop for both halves the loop
+// overhead, which is what the conversion costs next to its one load, shift and store).
+void WidenBf16Rows(const uint16_t* k, const uint16_t* v, float* k_out, float* v_out, int64_t dim) {
+  int64_t d = 0;
+#pragma GCC unroll 2
+  for (; d + Isa::kLanes <= dim; d += Isa::kLanes) {
+    Isa::Store(k_out + d, Isa::LoadBf16(k + d));
+    Isa::Store(v_out + d, Isa::LoadBf16(v + d));
+  }
+  for (; d < dim; ++d) {
+    k_out[d] = Bf16ToF32(k[d]);
+    v_out[d] = Bf16ToF32(v[d]);
+  }
+}
+
+// e^x for x <= 0, after Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6
+// minimax polynomial, 2^n by building the exponent. Relative error ~1e-7. x is clamped at -87
+// (e^-87 ~ 1.6e-38, and 2^n stays a normal number).
+Isa::V ExpNonPositive(Isa::V x_in) {
+  const auto x = Isa::Max(x_in, Isa::Set1(-87.0f));
+  const auto n = Isa::Round(Isa::Mul(x, Isa::Set1(1.44269504088896341f)));  // x / ln2
+  auto r = Isa::MulAdd(n, Isa::Set1(-0.693359375f), x);  // ln2 in two parts: exact n * hi
+  r = Isa::MulAdd(n, Isa::Set1(2.12194440e-4f), r);
+  auto p = Isa::Set1(1.9875691500e-4f);
+  p = Isa::MulAdd(p, r, Isa::Set1(1.3981999507e-3f));
+  p = Isa::MulAdd(p, r, Isa::Set1(8.3334519073e-3f));
+  p = Isa::MulAdd(p, r, Isa::Set1(4.1665795894e-2f));
+  p = Isa::MulAdd(p, r, Isa::Set1(1.6666665459e-1f));
+  p = Isa::MulAdd(p, r, Isa::Set1(5.0000001201e-1f));
+  p = Isa::MulAdd(p, Isa::Mul(r, r), Isa::Add(r, Isa::Set1(1.0f)));  // 1 + r + r^2 P(r)
+  return Isa::Mul(p, Isa::Pow2(n));
+}
+
+// One work item: KV head `kv_head` of `job`, queries [t_begin, t_end) of the job.
+//   job.q[Q, NH, D] -> job.out[Q, NH, D] for query heads kv_head * G .. kv_head * G + G - 1.
+void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, int64_t t_begin,
+                int64_t t_end, float* scratch) {
+  using V = Isa::V;
+  constexpr int kLanes = Isa::kLanes;
+  const PagedKvView& kv = job.kv;
+  const int64_t dim = kv.head_dim;
+  const int64_t padded_dim = RoundUp(dim, kLanes);
+  const int64_t group = query_heads / kv.kv_heads;
+  const int64_t rows = (t_end - t_begin) * group;  // row r = (t - t_begin) * G + g
+  const TileScratch layout = LayoutTileScratch(rows, padded_dim, kLanes);
+  float* q_rows = scratch + layout.q_rows;
+  float* o_rows = scratch + layout.o_rows;
+  float* row_max = scratch + layout.row_max;
+  float* row_sum = scratch + layout.row_sum;
+  float* k_chunk = scratch + layout.k_chunk;
+  float* v_chunk = scratch + layout.v_chunk;
+  float* zero_row = scratch + layout.zero_row;
+  float* probs = scratch + layout.probs;
+
+  // Rows start from q / sqrt(D), o = 0, m = -inf, l = 0; padding lanes stay zero throughout.
+  const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    for (int64_t g = 0; g < group; ++g) {
+      const float* q = job.q + (t * query_heads + kv_head * group + g) * dim;
+      float* row = q_rows + ((t - t_begin) * group + g) * padded_dim;
+      for (int64_t d = 0; d < dim; ++d) row[d] = q[d] * scale;
+      std::fill(row + dim, row + padded_dim, 0.0f);
+    }
+  }
+  std::fill(o_rows, o_rows + rows * padded_dim, 0.0f);
+  std::fill(row_max, row_max + rows, -kInf);
+  std::fill(row_sum, row_sum + rows * kLanes, 0.0f);
+  std::fill(k_chunk, k_chunk + kLanes * padded_dim, 0.0f);
+  std::fill(v_chunk, v_chunk + kLanes * padded_dim, 0.0f);
+  std::fill(zero_row, zero_row + padded_dim, 0.0f);
+
+  const int64_t row_bytes = dim * DTypeSize(kv.dtype);
+  const int64_t value_offset = kv.block_tokens * kv.kv_heads * row_bytes;
+  const bool in_place = kv.dtype == DType::kF32 && dim % kLanes == 0;
+  const int64_t key_begin = FirstVisibleKey(job.q_start + t_begin, job.window);
+  const int64_t key_end = job.q_start + t_end;
+  KeyCursor next_key(kv, kv_head, key_begin);
+  // Blocks sit at scattered pool addresses, so the hardware prefetcher stalls at every block
+  // boundary; prefetch kPrefetchKeys ahead by hand (only keys < key_end: nothing else is listed).
+  KeyCursor prefetch(kv, kv_head, key_begin);
+  int64_t prefetch_position = key_begin;
+  auto prefetch_one = [&] {
+    if (prefetch_position >= key_end) return;
+    PrefetchKeyValue(prefetch.key(), value_offset, row_bytes);
+    prefetch.Next();
+    ++prefetch_position;
+  };
+  for (int64_t i = 0; i < kPrefetchKeys; ++i) prefetch_one();
+  const float* k_rows[kLanes];  // [L] -> [Dp] f32 keys of the chunk
+  const float* v_rows[kLanes];  // [L] -> [Dp] f32 values of the chunk
+
+  for (int64_t chunk = key_begin; chunk < key_end; chunk += kLanes) {
+    const int64_t chunk_len = std::min<int64_t>(kLanes, key_end - chunk);
+    for (int64_t i = 0; i < kLanes; ++i) {
+      if (i >= chunk_len) {
+        k_rows[i] = v_rows[i] = zero_row;
+        continue;
+      }
+      prefetch_one();
+      const std::byte* key = next_key.key();
+      const std::byte* value = key + value_offset;
+      next_key.Next();
+      if (in_place) {
+        k_rows[i] = reinterpret_cast<const float*>(key);
+        v_rows[i] = reinterpret_cast<const float*>(value);
+      } else {
+        float* k_dst = k_chunk + i * padded_dim;
+        float* v_dst = v_chunk + i * padded_dim;
+        if (kv.dtype == DType::kBF16) {
+          WidenBf16Rows(reinterpret_cast<const uint16_t*>(key),
+                        reinterpret_cast<const uint16_t*>(value), k_dst, v_dst, dim);
+        } else {
+          std::memcpy(k_dst, key, static_cast<size_t>(dim * 4));
+          std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
+        }
+        k_rows[i] = k_dst;
+        v_rows[i] = v_dst;
+      }
+    }
+
+    for (int64_t t = t_begin; t < t_end; ++t) {
+      // Lanes [lane_begin, lane_end) of the chunk are keys this query sees.
+      const int64_t position = job.q_start + t;
+      const int64_t lane_begin =
+          std::max<int64_t>(FirstVisibleKey(position, job.window) - chunk, 0);
+      const int64_t lane_end = std::min<int64_t>(position + 1 - chunk, chunk_len);
+      if (lane_begin >= lane_end) continue;
+      for (int64_t g = 0; g < group; ++g) {
+        const int64_t r = (t - t_begin) * group + g;
+        // Scores s_i = q.k_i / sqrt(D): one accumulator per key, summed across lanes at the end.
+        const float* q = q_rows + r * padded_dim;
+        V acc[kLanes];
+#pragma GCC unroll 16
+        for (V& a : acc) a = Isa::Zero();
+        for (int64_t d = 0; d < padded_dim; d += kLanes) {
+          const V q_part = Isa::Load(q + d);
+#pragma GCC unroll 16
+          for (int i = 0; i < kLanes; ++i)
+            acc[i] = Isa::MulAdd(q_part, Isa::Load(k_rows[i] + d), acc[i]);
+        }
+        const V scores = Isa::KeepLanes(Isa::SumLanesOf(acc), lane_begin, lane_end, -kInf);
+
+        // Online softmax update (see the top of the file).
+        const float m_old = row_max[r];
+        const float m_new = std::max(m_old, Isa::ReduceMax(scores));
+        const float alpha = m_new == m_old ? 1.0f : std::exp(m_old - m_new);  // 0 at first
+        row_max[r] = m_new;
+        const V p = Isa::KeepLanes(ExpNonPositive(Isa::Sub(scores, Isa::Set1(m_new))), lane_begin,
+                                   lane_end, 0.0f);
+        const V alpha_v = Isa::Set1(alpha);
+        float* sum = row_sum + r * kLanes;
+        Isa::Store(sum, Isa::MulAdd(Isa::Load(sum), alpha_v, p));
+        Isa::Store(probs, p);
+        V p_lane[kLanes];  // p_i broadcast to every lane
+#pragma GCC unroll 16
+        for (int i = 0; i < kLanes; ++i) p_lane[i] = Isa::Set1(probs[i]);
+        float* o = o_rows + r * padded_dim;
+        for (int64_t d = 0; d < padded_dim; d += kLanes) {
+          V o_part = Isa::Mul(Isa::Load(o + d), alpha_v);
+#pragma GCC unroll 16
+          for (int i = 0; i < kLanes; ++i)
+            o_part = Isa::MulAdd(p_lane[i], Isa::Load(v_rows[i] + d), o_part);
+          Isa::Store(o + d, o_part);
+        }
+      }
+    }
+  }
+
+  // out = o / l.
+  for (int64_t t = t_begin; t < t_end; ++t) {
+    for (int64_t g = 0; g < group; ++g) {
+      const int64_t r = (t - t_begin) * group + g;
+      float l = 0;
+      for (int64_t i = 0; i < kLanes; ++i) l += row_sum[r * kLanes + i];
+      const float* o = o_rows + r * padded_dim;
+      float* out = job.out + (t * query_heads + kv_head * group + g) * dim;
+      for (int64_t d = 0; d < dim; ++d) out[d] = o[d] / l;
+    }
+  }
+}
+
+#endif  // MIXATTN_PAGED_ATTENTION_KERNEL_PASS
