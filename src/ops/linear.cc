@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <map>
+#include <memory>
+#include <new>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <type_traits>
 #include <vector>
@@ -21,7 +23,8 @@ namespace {
 // that a fork/join costs about as much as the whole product.
 constexpr int64_t kParallelMinWeights = int64_t{1} << 15;
 // Widened bf16 -> f32 weight panels are about this big: inside a 512 KiB L2 together with the
-// gemm's own packed copy, and large enough that one oneDNN call per panel costs little.
+// gemm's own packed copy, and large enough that one oneDNN call per panel costs little. Chosen by
+// that reasoning, not tuned: timings on the shared development machine varied by +-20%.
 constexpr int64_t kWidenPanelBytes = int64_t{256} << 10;
 
 dnnl::engine& CpuEngine() {
@@ -36,21 +39,35 @@ dnnl::stream& ThreadStream() {
   return stream;
 }
 
+// oneDNN scratchpad for the matmul running on this thread, grown to the largest asked for. Runs are
+// synchronous, so one buffer serves every Linear and every M on a thread; one per primitive would
+// grow with the number of distinct M (on AVX-512, brgemm keeps a packed copy of the weights there).
+std::byte* ThreadScratchpad(size_t bytes) {
+  struct AlignedDelete {
+    void operator()(std::byte* p) const { ::operator delete (p, std::align_val_t{64}); }
+  };
+  thread_local std::unique_ptr<std::byte, AlignedDelete> buffer;
+  thread_local size_t capacity = 0;
+  if (bytes > capacity) {
+    buffer.reset(static_cast<std::byte*>(::operator new (bytes, std::align_val_t{64})));
+    capacity = bytes;
+  }
+  return buffer.get();
+}
+
 // ---- small-batch kernel: y[m, n] = sum_k x[m, k] w[n, k] for M <= kMaxSmallRows ----
+//
+// Dot-product form: each weight is loaded once and multiplied by all M rows, which sit in L1.
+// bf16 weights are widened for free with the pair trick: a 32-bit lane holding w[2i] (low half)
+// and w[2i+1] (high half) is w[2i+1] as f32 once its low half is masked off, and w[2i] as f32 once
+// shifted left by 16. So 16 weights cost one load and two integer ops (no shuffle), and x is laid
+// out to match: within each 16-element block, the 8 even-indexed values then the 8 odd-indexed
+// ones ("pair-split"); a final partial block stays in natural order.
+
+constexpr int64_t kPairBlock = 16;
 
 inline float WeightToF32(float w) { return w; }
 inline float WeightToF32(uint16_t w) { return Bf16ToF32(w); }
-
-// 8 consecutive weights as f32: a plain load, or bf16 zero-extended into the high half of a lane.
-template <typename Weight>
-MIXATTN_AVX2 inline __m256 LoadWeights8(const Weight* w) {
-  if constexpr (std::is_same_v<Weight, float>) {
-    return _mm256_loadu_ps(w);
-  } else {
-    const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
-  }
-}
 
 MIXATTN_AVX2 inline float HorizontalSum(__m256 v) {
   __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -59,16 +76,17 @@ MIXATTN_AVX2 inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(sum);
 }
 
-// Output columns per tile for MR rows: MR * NR accumulators plus MR row vectors and one weight
-// vector must fit the 16 ymm registers, and MR * NR >= 6 independent FMA chains keep both FMA
-// pipes busy while the loads (MR + NR per 8 k) stay within two per cycle.
+// Output columns per tile for MR rows: MR * NR accumulators plus one or two weight vectors must
+// fit the 16 ymm registers (row vectors are FMA memory operands), and MR * NR >= 6 independent FMA
+// chains keep both FMA pipes busy.
 template <int MR>
 constexpr int kTileColumns = MR == 1   ? 8
                              : MR == 2 ? 4
                              : MR == 3 ? 3
                                        : 2;
 
-// y[MR, NR] (row stride ldy) = x[MR, K] (row stride K) * w[NR, K]^T, accumulated in f32.
+// y[MR, NR] (row stride ldy) = x[MR, K] (row stride K) * w[NR, K]^T, accumulated in f32. For bf16
+// weights x is pair-split (see above).
 template <int MR, int NR, typename Weight>
 MIXATTN_AVX2 void DotTileAvx2(const float* x, const Weight* w, int64_t k, float* y, int64_t ldy) {
   __m256 acc[MR][NR];
@@ -78,15 +96,30 @@ MIXATTN_AVX2 void DotTileAvx2(const float* x, const Weight* w, int64_t k, float*
     for (int n = 0; n < NR; ++n) acc[m][n] = _mm256_setzero_ps();
   }
   int64_t kk = 0;
-  for (; kk + 8 <= k; kk += 8) {
-    __m256 xv[MR];
-#pragma GCC unroll 4
-    for (int m = 0; m < MR; ++m) xv[m] = _mm256_loadu_ps(x + m * k + kk);
+  if constexpr (std::is_same_v<Weight, float>) {
+    for (; kk + 8 <= k; kk += 8) {
 #pragma GCC unroll 8
-    for (int n = 0; n < NR; ++n) {
-      const __m256 wv = LoadWeights8(w + n * k + kk);
+      for (int n = 0; n < NR; ++n) {
+        const __m256 wv = _mm256_loadu_ps(w + n * k + kk);
 #pragma GCC unroll 4
-      for (int m = 0; m < MR; ++m) acc[m][n] = _mm256_fmadd_ps(xv[m], wv, acc[m][n]);
+        for (int m = 0; m < MR; ++m)
+          acc[m][n] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * k + kk), wv, acc[m][n]);
+      }
+    }
+  } else {
+    const __m256i high_half = _mm256_set1_epi32(static_cast<int>(0xffff0000u));
+    for (; kk + kPairBlock <= k; kk += kPairBlock) {
+#pragma GCC unroll 8
+      for (int n = 0; n < NR; ++n) {
+        const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w + n * k + kk));
+        const __m256 even = _mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16));
+        const __m256 odd = _mm256_castsi256_ps(_mm256_and_si256(pairs, high_half));
+#pragma GCC unroll 4
+        for (int m = 0; m < MR; ++m) {
+          acc[m][n] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * k + kk), even, acc[m][n]);
+          acc[m][n] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * k + kk + 8), odd, acc[m][n]);
+        }
+      }
     }
   }
   for (int m = 0; m < MR; ++m) {
@@ -126,20 +159,49 @@ void SmallRowsPortable(const float* x, int64_t rows, const Weight* w, int64_t n,
   }
 }
 
-// x[rows, K] (rows <= kMaxSmallRows) times w[N, K]^T into y[rows, N].
+// Rows per pass of the AVX2 kernel; larger batches (up to kMaxSmallRows) take several passes, each
+// reading the weights again (from L2/L3 at these sizes).
+constexpr int64_t kRowsPerPass = 4;
+
+// x[rows, K] (rows <= kMaxSmallRows; pair-split for bf16 on AVX2) times w[N, K]^T into y[rows, N].
 template <typename Weight>
 void SmallRows(const float* x, int64_t rows, const Weight* w, int64_t n, int64_t k, float* y) {
   if (ActiveSimdLevel() != SimdLevel::kAvx2) return SmallRowsPortable(x, rows, w, n, k, y);
-  static_assert(Linear::kMaxSmallRows == 4, "one instantiation per row count");
-  switch (rows) {
-    case 1:
-      return SmallRowsAvx2<1>(x, w, n, k, y);
-    case 2:
-      return SmallRowsAvx2<2>(x, w, n, k, y);
-    case 3:
-      return SmallRowsAvx2<3>(x, w, n, k, y);
-    default:
-      return SmallRowsAvx2<4>(x, w, n, k, y);
+  for (int64_t m0 = 0; m0 < rows; m0 += kRowsPerPass) {
+    const float* x_pass = x + m0 * k;
+    float* y_pass = y + m0 * n;
+    switch (std::min(kRowsPerPass, rows - m0)) {
+      case 1:
+        SmallRowsAvx2<1>(x_pass, w, n, k, y_pass);
+        break;
+      case 2:
+        SmallRowsAvx2<2>(x_pass, w, n, k, y_pass);
+        break;
+      case 3:
+        SmallRowsAvx2<3>(x_pass, w, n, k, y_pass);
+        break;
+      default:
+        SmallRowsAvx2<4>(x_pass, w, n, k, y_pass);
+        break;
+    }
+  }
+}
+
+// Reorders each row of x[rows, K] in place into the pair-split layout of the AVX2 bf16 kernel.
+MIXATTN_AVX2 void PairSplitRowsAvx2(float* x, int64_t rows, int64_t k) {
+  for (int64_t m = 0; m < rows; ++m) {
+    float* row = x + m * k;
+    for (int64_t kk = 0; kk + kPairBlock <= k; kk += kPairBlock) {
+      const __m256 a = _mm256_loadu_ps(row + kk), b = _mm256_loadu_ps(row + kk + 8);
+      // shuffle_ps works per 128-bit half: (a0 a2 b0 b2 | a4 a6 b4 b6); the 64-bit permute then
+      // orders the halves as a0 a2 a4 a6 b0 b2 b4 b6. Likewise for the odd elements.
+      const __m256 even = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+      const __m256 odd = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+      _mm256_storeu_pd(reinterpret_cast<double*>(row + kk),
+                       _mm256_permute4x64_pd(_mm256_castps_pd(even), _MM_SHUFFLE(3, 1, 2, 0)));
+      _mm256_storeu_pd(reinterpret_cast<double*>(row + kk + 8),
+                       _mm256_permute4x64_pd(_mm256_castps_pd(odd), _MM_SHUFFLE(3, 1, 2, 0)));
+    }
   }
 }
 
@@ -150,12 +212,14 @@ void SmallRows(const float* x, int64_t rows, const Weight* w, int64_t n, int64_t
 struct OneDnnMatmul {
   dnnl::matmul primitive;
   dnnl::memory src, weights, dst, scratchpad;
+  size_t scratchpad_bytes = 0;
   std::string name;  // oneDNN's implementation, e.g. "gemm:jit" or "brg:avx512_core_bf16"
 
   void Run(const void* src_data, const void* weight_data, float* dst_data) const {
     src.set_data_handle(const_cast<void*>(src_data));
     weights.set_data_handle(const_cast<void*>(weight_data));
     dst.set_data_handle(dst_data);
+    if (scratchpad_bytes > 0) scratchpad.set_data_handle(ThreadScratchpad(scratchpad_bytes));
     // The C API takes a plain array; the C++ execute() builds an unordered_map per call.
     const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src.get()},
                                     {DNNL_ARG_WEIGHTS, weights.get()},
@@ -167,8 +231,8 @@ struct OneDnnMatmul {
   }
 };
 
-// Null when oneDNN has no implementation for this data type here, or only its reference one
-// (which is 100x slower than the paths above, so never worth taking for bf16).
+// Null when oneDNN has no implementation for this data type here, or only its reference one (a
+// plain loop nest: for bf16, widening to f32 is always the better choice).
 std::unique_ptr<OneDnnMatmul> MakeOneDnnMatmul(int64_t rows, int64_t cols, int64_t k, int64_t ldd,
                                                dnnl::memory::data_type type) {
   using dims = dnnl::memory::dims;
@@ -178,7 +242,7 @@ std::unique_ptr<OneDnnMatmul> MakeOneDnnMatmul(int64_t rows, int64_t cols, int64
   const dnnl::memory::desc weight_desc(dims{k, cols}, type, tag::ba);  // W [cols, K] row-major
   const dnnl::memory::desc dst_desc(dims{rows, cols}, dnnl::memory::data_type::f32, dims{ldd, 1});
   dnnl::primitive_attr attr;
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // ours, allocated here, not per call
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // ThreadScratchpad, not per call
   auto matmul = std::make_unique<OneDnnMatmul>();
   try {
     const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_desc, weight_desc, dst_desc), attr,
@@ -189,7 +253,8 @@ std::unique_ptr<OneDnnMatmul> MakeOneDnnMatmul(int64_t rows, int64_t cols, int64
     matmul->src = dnnl::memory(src_desc, engine, DNNL_MEMORY_NONE);
     matmul->weights = dnnl::memory(weight_desc, engine, DNNL_MEMORY_NONE);
     matmul->dst = dnnl::memory(dst_desc, engine, DNNL_MEMORY_NONE);
-    matmul->scratchpad = dnnl::memory(pd.scratchpad_desc(), engine);
+    matmul->scratchpad = dnnl::memory(pd.scratchpad_desc(), engine, DNNL_MEMORY_NONE);
+    matmul->scratchpad_bytes = pd.scratchpad_desc().get_size();
   } catch (const dnnl::error& e) {
     if (type == dnnl::memory::data_type::bf16) return nullptr;
     Fail("oneDNN could not create an f32 matmul [", rows, ", ", k, "] x [", k, ", ", cols,
@@ -256,6 +321,7 @@ struct Linear::Impl {
     if (rows <= kMaxSmallRows) {
       float* rounded = Grow(x_rounded, rows * k);
       RoundToBf16(x, rows * k, rounded);
+      if (ActiveSimdLevel() == SimdLevel::kAvx2) PairSplitRowsAvx2(rounded, rows, k);
       return SmallRows(rounded, rows, weight_bf16.data(), n, k, y);
     }
     const Plan& plan = PlanFor(rows);

@@ -3,23 +3,28 @@
 //
 // Legend: M = rows (tokens in the batch), K = in_features, N = out_features.
 //
-// Two paths, chosen per call by M:
-//  * M <= kMaxSmallRows (decode): mixattn's own kernel reads each weight once and takes its dot
-//    products with all M rows (AVX2 + FMA, portable loops elsewhere). Decode is bound by the bytes
-//    of weights read, so bf16 weights halve its time; oneDNN's gemm on this path packs the
-//    operands first and was 2-3x slower at M = 1..4 on the development machine.
+// Two paths, chosen per call by M. Timings below: development machine (AMD EPYC Zen 3, AVX2, no
+// AVX-512), one thread, N = K = 512, best of 20-40 runs on a shared, busy machine.
+//  * M <= kMaxSmallRows (decode batches): mixattn's own kernel loads each weight once per 4 rows
+//    and takes its dot products with them (AVX2 + FMA; portable loops elsewhere). M = 4: 36 us
+//    against oneDNN gemm:jit's 50-63 us; M = 8: 71-85 us against 82 (f32) and 102 (widened bf16).
+//    M = 1 matches oneDNN's f32 gemv (17-19 us), and bf16 weights take 11 us: decode is bound by
+//    the bytes of weights read. From M = 16 oneDNN is faster (122 us against 4 passes of 36).
 //  * M > kMaxSmallRows (prefill, training): oneDNN matmul, one primitive per distinct M, created on
 //    the first call with that M and cached in the object.
 //
 // bf16 contract: x is rounded to bf16 on each call (F32ToBf16: round to nearest even), multiplied
 // by the bf16 weights, and accumulated in f32; y is f32. Where oneDNN has no bf16 matmul for this
-// CPU (it needs AVX-512; AVX2 machines have none) or when asked to (Bf16Matmul::kWidenToF32),
-// panels of the weights are widened to f32 (exact) and multiplied by oneDNN's f32 matmul: the same
-// products and the same f32 sums, only the order of the additions differs.
+// CPU (oneDNN 2.6 needs AVX-512 for one; on AVX2 primitive creation fails) or when asked to
+// (Bf16Matmul::kWidenToF32), panels of the weights are widened to f32 (exact) and multiplied by
+// oneDNN's f32 matmul: the same products and the same f32 sums, only the order of the additions
+// differs. Widening costs ~20 us per 512 x 512 matrix, 5-10% at M = 64.
 //
-// Weight layout: plain [N, K] row-major (oneDNN's `ba` for its [K, N] weights). On the AVX2
-// machine oneDNN's preferred layout (format_tag::any) is [K, N] `ab` at every M measured; the small
-// kernel needs rows of K, and gemm:jit runs as fast from `ba`, so one plain copy serves both paths.
+// Weight layout: plain [N, K] row-major (oneDNN's `ba` for its [K, N] weights), one copy for both
+// paths: the small kernel needs rows of K, and on AVX2 oneDNN's preferred layout (format_tag::any,
+// [K, N] `ab` at every M) is no faster at prefill sizes (M = 512, N = 512: 57 against 87 GFLOP/s
+// from `ba`). On AVX-512 machines oneDNN's brgemm may prefer blocked layouts (and take `ba` at the
+// cost of a copy inside each call); that could not be measured here.
 #pragma once
 
 #include <cstdint>
@@ -39,7 +44,7 @@ enum class Bf16Matmul {
 class Linear {
  public:
   // Batches of at most this many rows take the small-batch kernel (see the file comment).
-  static constexpr int64_t kMaxSmallRows = 4;
+  static constexpr int64_t kMaxSmallRows = 8;
 
   // weight[N, K] in f32, copied (and rounded when dtype is bf16) into the object. Fails
   // (mixattn::Error) unless both sizes are >= 1.
@@ -53,8 +58,11 @@ class Linear {
 
   // y[M, N] = x[M, K] W^T, y overwritten; x and y must not overlap. Not reentrant: Forward fills
   // scratch buffers and a per-M cache of oneDNN primitives owned by the object, so one object must
-  // not run on two threads at once (it uses all OpenMP threads itself). It allocates only on the
-  // first call with a given M (a primitive) or a larger M than before (scratch).
+  // not run on two threads at once (it uses all OpenMP threads itself). mixattn's code allocates
+  // only on the first call with a given M (a primitive) or a larger M than before (scratch); inside
+  // oneDNN, gemm:jit (the AVX2 path) mallocs its packing buffers on every call (5 per matmul).
+  // Every distinct M > kMaxSmallRows keeps a primitive, so callers should use a bounded set of
+  // prefill chunk sizes.
   void Forward(const float* x, int64_t rows, float* y) const;
 
   int64_t out_features() const;
