@@ -8,7 +8,9 @@ packages=(
   build-essential cmake pkg-config git clang libclang-rt-14-dev clang-format
   # libraries (ARCHITECTURE.md, "Numbers and dependencies")
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
-  libsentencepiece-dev libdnnl-dev libhwy-dev
+  libsentencepiece-dev libdnnl-dev libhwy-dev libcpp-httplib-dev
+  # data-parallel training (mpirun -np N mixattn train)
+  libopenmpi-dev openmpi-bin
   # test oracle and plots: Debian's own Python with PyTorch
   python3 python3-torch python3-numpy python3-yaml python3-matplotlib
 )
