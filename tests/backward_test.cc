@@ -578,6 +578,15 @@ TEST(BackwardFastTest, MatMulTransposedMatchesScalar) {
     MatMulTransposedBackward(ToFloat(x).data(), ToFloat(w).data(), ToFloat(dy).data(), s.m, s.n,
                              s.k, nullptr, dw_only.data());
     EXPECT_EQ(dw_only, dw_f);
+
+    // The forward product against plain double sums.
+    std::vector<float> y_f(static_cast<size_t>(s.m * s.n), -1.0f);
+    MatMulTransposed(ToFloat(x).data(), ToFloat(w).data(), s.m, s.n, s.k, y_f.data());
+    Vec y(y_f.size(), 0.0);
+    for (int64_t i = 0; i < s.m; ++i)
+      for (int64_t n = 0; n < s.n; ++n)
+        for (int64_t k = 0; k < s.k; ++k) y[i * s.n + n] += x[i * s.k + k] * w[n * s.k + k];
+    ExpectClose(y_f, y, kFloatTolerance, "y");
   }
 }
 

@@ -3,10 +3,14 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
+#include "core/random.h"
+#include "model/presets.h"
 
 namespace mixattn::testing {
 
@@ -40,5 +44,28 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A small model shape for tests: hidden 32, 4 query heads, 2 KV heads of dim 8, SwiGLU 48.
+inline ModelShape TinyShape(int layers, int window, int vocab = 41, int max_position = 256) {
+  ModelShape shape;
+  shape.layers = layers;
+  shape.hidden = 32;
+  shape.heads = 4;
+  shape.kv_heads = 2;
+  shape.head_dim = 8;
+  shape.ffn = 48;
+  shape.vocab = vocab;
+  shape.window = window;
+  shape.max_position = max_position;
+  return shape;
+}
+
+// `count` token ids uniform in [0, vocab), deterministic in `seed`.
+inline std::vector<int> RandomTokens(int64_t count, int vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int> tokens(static_cast<size_t>(count));
+  for (int& t : tokens) t = static_cast<int>(rng.Below(static_cast<uint64_t>(vocab)));
+  return tokens;
+}
 
 }  // namespace mixattn::testing

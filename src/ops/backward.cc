@@ -643,6 +643,15 @@ void MatMulTransposedBackward(const float* x, const float* w, const float* dy, i
   }
 }
 
+void MatMulTransposed(const float* x, const float* w, int64_t rows, int64_t out_features,
+                      int64_t in_features, float* y) {
+  MIXATTN_CHECK(rows >= 0 && out_features >= 0 && in_features >= 0);
+  if (rows == 0 || out_features == 0) return;
+  // y[M, N] = x[M, K] w[N, K]^T; with K = 0 the product is all zeros (beta = 0 writes them).
+  MIXATTN_CHECK(dnnl_sgemm('N', 'T', rows, out_features, in_features, 1.0f, x, in_features, w,
+                           in_features, 0.0f, y, out_features) == dnnl_success);
+}
+
 // ---- RMSNorm ----
 
 template <typename Real>

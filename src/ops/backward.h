@@ -37,6 +37,12 @@ void MatMulTransposedBackwardScalar(const Real* x, const Real* w, const Real* dy
 void MatMulTransposedBackward(const float* x, const float* w, const float* dy, int64_t rows,
                               int64_t out_features, int64_t in_features, float* dx, float* dw);
 
+// The forward product the trainer runs, y[M, N] = x[M, K] w[N, K]^T (overwritten), by oneDNN's
+// sgemm like the backward above; the engine's ops::Linear owns copies of its weights, which a
+// trainer updating them every step does not want.
+void MatMulTransposed(const float* x, const float* w, int64_t rows, int64_t out_features,
+                      int64_t in_features, float* y);
+
 // ---- RMSNorm: y = x r w with r = 1 / sqrt(mean(x^2) + eps) per row (RmsNormScalar) ----
 // Since dr/dx_c = -r^3 x_c / H, with g = w * dy (elementwise):
 //   dx_c = r g_c - x_c r^3 (1/H) sum_i x_i g_i            dw_c += sum_t dy[t, c] x[t, c] r_t
