@@ -10,6 +10,7 @@
 #include "model/presets.h"
 #include "model/reference_forward.h"
 #include "test_util.h"
+#include "train/optimizer.h"
 
 namespace mixattn {
 namespace {
@@ -31,13 +32,6 @@ TrainingBatch RandomBatch(const ModelConfig& config, int64_t sequences, int64_t 
     batch.targets.insert(batch.targets.end(), tokens.begin() + 1, tokens.end());
   }
   return batch;
-}
-
-ModelWeights ZeroGradients(const ModelWeights& params) {
-  ModelWeights grads = params;
-  ForEachTensor(
-      grads, [](const std::string&, Tensor& t) { std::fill(t.data.begin(), t.data.end(), 0.0f); });
-  return grads;
 }
 
 // The mean cross-entropy the reference forward implies, in double.
@@ -82,7 +76,7 @@ TEST(TrainingModelTest, LossMatchesReferenceForwardForEveryPreset) {
     EXPECT_EQ(loss.scored_rows, batch.rows() - 1);
     EXPECT_NEAR(loss.mean_loss, ReferenceLoss(config, weights, batch), 1e-5);
 
-    ModelWeights grads = ZeroGradients(weights);
+    ModelWeights grads = ZerosLike(weights);
     EXPECT_NEAR(model.ForwardBackward(weights, batch, 1.0, grads), loss.mean_loss, 1e-6);
   }
 }
@@ -103,7 +97,7 @@ TEST(TrainingModelTest, GradientsMatchFiniteDifferencesPerTensor) {
     ModelWeights weights = RandomWeights(config, 3, 0.1);
     const TrainingBatch batch = RandomBatch(config, 2, 3 * kWindow + 1, 5);
     TrainingModel model(config, MatmulPrecision::kF32);
-    ModelWeights grads = ZeroGradients(weights);
+    ModelWeights grads = ZerosLike(weights);
     model.ForwardBackward(weights, batch, 1.0, grads);
 
     std::vector<std::pair<std::string, Tensor*>> params;
@@ -151,7 +145,7 @@ TEST(TrainingModelTest, GradientAccumulationEqualsOneBigBatch) {
   second.targets.erase(second.targets.begin(), second.targets.begin() + half);
 
   TrainingModel model(config, MatmulPrecision::kF32);
-  ModelWeights big = ZeroGradients(weights), accumulated = ZeroGradients(weights);
+  ModelWeights big = ZerosLike(weights), accumulated = ZerosLike(weights);
   const double loss = model.ForwardBackward(weights, both, 1.0, big);
   const double l1 = model.ForwardBackward(weights, first, 0.5, accumulated);
   const double l2 = model.ForwardBackward(weights, second, 0.5, accumulated);
@@ -175,7 +169,7 @@ TEST(TrainingModelTest, Bf16MatmulsStayCloseButRound) {
   const ModelWeights weights = RandomWeights(config, 5, 0.1);
   const TrainingBatch batch = RandomBatch(config, 2, 2 * kWindow + 3, 50);
   TrainingModel f32(config, MatmulPrecision::kF32), bf16(config, MatmulPrecision::kBf16);
-  ModelWeights g32 = ZeroGradients(weights), g16 = ZeroGradients(weights);
+  ModelWeights g32 = ZerosLike(weights), g16 = ZerosLike(weights);
   const double l32 = f32.ForwardBackward(weights, batch, 1.0, g32);
   const double l16 = bf16.ForwardBackward(weights, batch, 1.0, g16);
   EXPECT_NE(l32, l16);  // the rounding happened

@@ -13,5 +13,6 @@ void RegisterInitCommand(CLI::App& app);
 void RegisterGenerateCommand(CLI::App& app);
 void RegisterBenchCommand(CLI::App& app);
 void RegisterDataCommand(CLI::App& app);
+void RegisterTrainCommand(CLI::App& app);
 
 }  // namespace mixattn::cli

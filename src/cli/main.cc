@@ -17,6 +17,7 @@ int main(int argc, char** argv) {
   mixattn::cli::RegisterGenerateCommand(app);
   mixattn::cli::RegisterBenchCommand(app);
   mixattn::cli::RegisterDataCommand(app);
+  mixattn::cli::RegisterTrainCommand(app);
   try {
     app.parse(argc, argv);
     if (app.get_subcommands().empty()) {

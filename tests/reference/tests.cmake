@@ -23,3 +23,12 @@ if(TARGET dump_logits)
 endif()
 
 set_tests_properties(reference_presets reference_model_selftest PROPERTIES TIMEOUT 120)
+
+# Training: C++ loss, gradients and 3 AdamW steps (train_steps) vs PyTorch autograd + AdamW.
+if(TARGET train_steps)
+  add_test(NAME reference_train_parity
+    COMMAND ${MIXATTN_REFERENCE_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/reference/test_train_parity.py
+            --mixattn $<TARGET_FILE:mixattn> --train-steps $<TARGET_FILE:train_steps>
+            --workdir ${CMAKE_CURRENT_BINARY_DIR}/train_parity)
+  set_tests_properties(reference_train_parity PROPERTIES TIMEOUT 600)
+endif()
