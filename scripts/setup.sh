@@ -13,7 +13,11 @@ packages=(
   libopenmpi-dev openmpi-bin
   # test oracle and plots: Debian's own Python with PyTorch
   python3 python3-torch python3-numpy python3-yaml python3-matplotlib
+  # the server's end-to-end test with the official openai npm client (tests/server/)
+  nodejs
 )
+# Debian's npm, unless the Node already installed bundles its own (NodeSource's does).
+command -v npm > /dev/null || packages+=(npm)
 
 missing=()
 for package in "${packages[@]}"; do

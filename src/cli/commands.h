@@ -13,6 +13,7 @@ void RegisterInitCommand(CLI::App& app);
 void RegisterGenerateCommand(CLI::App& app);
 void RegisterBenchCommand(CLI::App& app);
 void RegisterDataCommand(CLI::App& app);
+void RegisterServeCommand(CLI::App& app);
 void RegisterTrainCommand(CLI::App& app);
 
 }  // namespace mixattn::cli

@@ -2,26 +2,21 @@
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
-#include <filesystem>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/model_loading.h"
 #include "core/error.h"
 #include "core/units.h"
 #include "engine/engine.h"
-#include "model/model_dir.h"
-#include "tokenizer/tokenizer.h"
 
 namespace mixattn::cli {
 namespace {
 
-constexpr const char* kDefaultModel = "models/default";
-
 struct GenerateOptions {
-  std::string model = kDefaultModel;
+  std::string model = kDefaultModelDir;
   std::string prompt;
   std::vector<int> prompt_tokens;
   int64_t max_tokens = 128;
@@ -38,20 +33,12 @@ void RunGenerate(const GenerateOptions& options) {
   if (options.prompt.empty() == options.prompt_tokens.empty()) {
     Fail("give exactly one of --prompt TEXT or --prompt-tokens IDS");
   }
-  if (!std::filesystem::exists(options.model)) {
-    Fail("no model at '", options.model, "'",
-         options.model == kDefaultModel ? " (the default model)" : "",
-         "; pass --model DIR with config.json, model.safetensors and tokenizer.model");
-  }
   const auto load_start = std::chrono::steady_clock::now();
-  const LoadedModel model = LoadModelDir(options.model);
-  std::unique_ptr<Tokenizer> tokenizer;
-  const std::string tokenizer_path =
-      (std::filesystem::path(options.model) / "tokenizer.model").string();
-  if (std::filesystem::exists(tokenizer_path)) {
-    tokenizer = std::make_unique<Tokenizer>(Tokenizer::Load(tokenizer_path));
-  } else if (!options.prompt.empty()) {
-    Fail(tokenizer_path,
+  const InferenceModel loaded = LoadInferenceModel(options.model);
+  const LoadedModel& model = loaded.model;
+  const Tokenizer* tokenizer = loaded.tokenizer.get();
+  if (!tokenizer && !options.prompt.empty()) {
+    Fail(loaded.tokenizer_path,
          " does not exist: a text prompt needs the model's tokenizer (or use --prompt-tokens)");
   }
 
@@ -59,7 +46,7 @@ void RunGenerate(const GenerateOptions& options) {
   engine_options.kv_memory_bytes = ParseByteSize(options.kv_memory, "--kv-memory");
   engine_options.weights_dtype = options.weights_dtype == "f32" ? DType::kF32 : DType::kBF16;
   engine_options.kv_dtype = options.kv_dtype == "f32" ? DType::kF32 : DType::kBF16;
-  Engine engine(model.config, model.weights, engine_options, tokenizer.get());
+  Engine engine(model.config, model.weights, engine_options, tokenizer);
 
   GenerationRequest request;
   request.prompt =

@@ -1,0 +1,30 @@
+// Loading a model directory for inference: what `generate` and `serve` share.
+//
+// A model directory holds config.json, model.safetensors and, for models with a text interface,
+// tokenizer.model (README, "The model format"). Commands that run the engine load all three the
+// same way and fail with the same messages, so the loading lives here once.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "model/model_dir.h"
+#include "tokenizer/tokenizer.h"
+
+namespace mixattn::cli {
+
+// Where commands look for a model when --model is not given: the one shipped in models/.
+inline constexpr const char* kDefaultModelDir = "models/default";
+
+struct InferenceModel {
+  LoadedModel model;
+  std::unique_ptr<Tokenizer> tokenizer;  // null when tokenizer_path does not exist
+  std::string tokenizer_path;            // DIR/tokenizer.model, for messages
+};
+
+// Loads config.json, model.safetensors and (when present) tokenizer.model from `dir`. Throws
+// Error naming the directory when it does not exist (saying so when it is the default one), or
+// naming the file that fails to load.
+InferenceModel LoadInferenceModel(const std::string& dir);
+
+}  // namespace mixattn::cli
