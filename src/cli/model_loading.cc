@@ -6,9 +6,26 @@
 
 namespace mixattn::cli {
 
-InferenceModel LoadInferenceModel(const std::string& dir) {
+namespace {
+
+// The default model seen from the binary: build/mixattn (or any BUILD_DIR/mixattn) finds the
+// repository's models/default from any working directory.
+std::string ResolveDefault(const std::string& dir) {
+  if (dir != kDefaultModelDir || std::filesystem::exists(dir)) return dir;
+  std::error_code error;
+  const std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", error);
+  if (error) return dir;
+  const std::filesystem::path beside_build = exe.parent_path().parent_path() / kDefaultModelDir;
+  return std::filesystem::exists(beside_build) ? beside_build.string() : dir;
+}
+
+}  // namespace
+
+InferenceModel LoadInferenceModel(const std::string& requested_dir) {
+  const std::string dir = ResolveDefault(requested_dir);
   if (!std::filesystem::exists(dir)) {
-    Fail("no model at '", dir, "'", dir == kDefaultModelDir ? " (the default model)" : "",
+    Fail("no model at '", dir, "'",
+         dir == kDefaultModelDir ? " (the default model, shipped in the repository's models/)" : "",
          "; pass --model DIR with config.json, model.safetensors and tokenizer.model");
   }
   InferenceModel loaded{LoadModelDir(dir), nullptr,

@@ -13,7 +13,8 @@
 
 namespace mixattn::cli {
 
-// Where commands look for a model when --model is not given: the one shipped in models/.
+// Where commands look for a model when --model is not given: the one shipped in models/, relative
+// to the working directory, else to the directory above the binary's (build/mixattn).
 inline constexpr const char* kDefaultModelDir = "models/default";
 
 struct InferenceModel {
