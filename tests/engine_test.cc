@@ -15,29 +15,12 @@ namespace mixattn {
 namespace {
 
 using ::testing::HasSubstr;
+using testing::RandomTokens;
 
 constexpr int kWindow = 8;
 
-ModelShape EngineShape(int layers = 8) {
-  ModelShape shape;
-  shape.layers = layers;
-  shape.hidden = 32;
-  shape.heads = 4;
-  shape.kv_heads = 2;
-  shape.head_dim = 8;
-  shape.ffn = 48;
-  shape.vocab = 61;
-  shape.window = kWindow;
-  shape.max_position = 512;
-  return shape;
-}
-
-std::vector<int> RandomTokens(int64_t count, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> tokens(static_cast<size_t>(count));
-  for (int& t : tokens) t = static_cast<int>(rng.Below(static_cast<uint64_t>(vocab)));
-  return tokens;
-}
+// The tiny test shape with a vocabulary of 61 and room for 512 positions.
+ModelShape EngineShape() { return testing::TinyShape(8, kWindow, 61, 512); }
 
 // max |a - b| / max |b| over rows [first, first + count) of b (a holds just those rows).
 double RelativeError(const float* a, const Tensor& b, int64_t first_row, int64_t count) {

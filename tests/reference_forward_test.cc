@@ -13,27 +13,8 @@ namespace mixattn {
 namespace {
 
 using ::testing::HasSubstr;
-
-ModelShape TinyShape(int layers, int window) {
-  ModelShape shape;
-  shape.layers = layers;
-  shape.hidden = 32;
-  shape.heads = 4;
-  shape.kv_heads = 2;
-  shape.head_dim = 8;
-  shape.ffn = 48;
-  shape.vocab = 41;
-  shape.window = window;
-  shape.max_position = 256;
-  return shape;
-}
-
-std::vector<int> RandomTokens(int count, int vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int> tokens(static_cast<size_t>(count));
-  for (int& t : tokens) t = static_cast<int>(rng.Below(static_cast<uint64_t>(vocab)));
-  return tokens;
-}
+using testing::RandomTokens;
+using testing::TinyShape;
 
 double MaxAbsDiffRows(const Tensor& a, const Tensor& b, int64_t first_row, int64_t last_row) {
   const int64_t width = a.shape[1];

@@ -14,9 +14,9 @@ namespace {
 
 bool IsNormWeight(const std::string& name) { return name.ends_with("norm.weight"); }
 
-// Allocates every tensor of `config`, zero-filled, with the shapes ExpectedTensors gives (the one
-// place that knows names and shapes).
-ModelWeights AllocateWeights(const ModelConfig& config) {
+}  // namespace
+
+ModelWeights ZeroWeights(const ModelConfig& config) {
   const KvPlan plan(config);
   ModelWeights weights;
   weights.layers.resize(static_cast<size_t>(config.num_layers()));
@@ -33,8 +33,6 @@ ModelWeights AllocateWeights(const ModelConfig& config) {
   MIXATTN_CHECK(next == specs.size());
   return weights;
 }
-
-}  // namespace
 
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config) {
   const KvPlan plan(config);
@@ -83,7 +81,7 @@ ModelWeights LoadWeights(const SafetensorsFile& file, const ModelConfig& config)
                : " (the config has no such tensor)");
     }
   }
-  ModelWeights weights = AllocateWeights(config);
+  ModelWeights weights = ZeroWeights(config);
   ForEachTensor(weights, [&](const std::string& name, Tensor& tensor) {
     const SafetensorsTensor* found = file.Find(name);
     if (!found)
@@ -123,7 +121,7 @@ void SaveWeights(const std::string& path, const ModelWeights& weights, DType dty
 }
 
 ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, double norm_jitter) {
-  ModelWeights weights = AllocateWeights(config);
+  ModelWeights weights = ZeroWeights(config);
   Rng rng(seed);
   const double residual_scale = 1.0 / std::sqrt(2.0 * config.num_layers());
   ForEachTensor(weights, [&](const std::string& name, Tensor& tensor) {

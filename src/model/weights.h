@@ -54,6 +54,10 @@ struct TensorSpec {
 // Every tensor the config requires, in file order (embedding, layers 0..L-1, final norm, head).
 std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
 
+// Every tensor of `config`, zero-filled, with the shapes ExpectedTensors gives (the one place that
+// knows names and shapes; LoadWeights and checkpoints allocate through it).
+ModelWeights ZeroWeights(const ModelConfig& config);
+
 // Total parameter count of the config.
 int64_t ParameterCount(const ModelConfig& config);
 

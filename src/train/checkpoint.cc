@@ -94,25 +94,6 @@ void RemoveFile(const fs::path& path) {
   if (!fs::remove(path, error) && error) Fail(path.string(), ": cannot delete: ", error.message());
 }
 
-// Every tensor of `config`, zero-filled, in ExpectedTensors order (what LoadWeights allocates).
-ModelWeights ZeroWeights(const ModelConfig& config) {
-  const KvPlan plan(config);
-  ModelWeights weights;
-  weights.layers.resize(static_cast<size_t>(config.num_layers()));
-  for (int i = 0; i < config.num_layers(); ++i) {
-    if (plan.owns_kv(i)) weights.layers[static_cast<size_t>(i)].kv.emplace();
-  }
-  if (!config.tie_word_embeddings) weights.lm_head.emplace();
-  const std::vector<TensorSpec> specs = ExpectedTensors(config);
-  size_t next = 0;
-  ForEachTensor(weights, [&](const std::string& name, Tensor& tensor) {
-    MIXATTN_CHECK(next < specs.size() && specs[next].name == name);
-    tensor = Tensor(specs[next++].shape);
-  });
-  MIXATTN_CHECK(next == specs.size());
-  return weights;
-}
-
 }  // namespace
 
 void SaveCheckpoint(const std::string& path, const ModelConfig& config, const ModelWeights& params,
