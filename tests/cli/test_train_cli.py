@@ -179,6 +179,11 @@ def test_mpi_matches_single_process(mixattn, data, work):
               env=env)
     check(one.returncode == 0, f"1 rank x batch 4 ({one.stderr[-300:]})")
     double = os.path.join(work, "mpi")
+    # OpenMPI's dynamically loaded components leak at MPI_Finalize (unsymbolisable once unloaded),
+    # so leak checking is off for the ranks of a sanitizer build; the single-process runs of this
+    # test keep it.
+    if "ASAN_OPTIONS" in env:
+        env["ASAN_OPTIONS"] += ":detect_leaks=0"
     two = subprocess.run([mpirun, "--allow-run-as-root", "--oversubscribe", "-np", "2", mixattn,
                           "train", *TINY, "--data", data, "--out", double, "--batch", "2",
                           *common], capture_output=True, text=True, timeout=300, env=env)
@@ -194,9 +199,12 @@ def test_mpi_matches_single_process(mixattn, data, work):
     check(worst_val <= 1e-5, f"validation losses agree to 1e-5 (worst {worst_val:.2e})")
     wa = read_safetensors(os.path.join(single, "model.safetensors"))
     wb = read_safetensors(os.path.join(double, "model.safetensors"))
-    scale = max(max(abs(x) for x in floats(raw)) for raw in wa.values())
-    diff = max(max(abs(x - y) for x, y in zip(floats(wa[n]), floats(wb[n]))) for n in wa)
-    check(diff <= 1e-5 * scale, f"weights after 6 steps agree (max diff {diff:.2e}, scale {scale:.2f})")
+    # Relative L2 distance of all weights: AdamW divides each gradient element by its own
+    # magnitude, so a gradient within rounding of zero may move its weight differently in the two
+    # runs (by up to lr); a norm over all weights sees such single elements as what they are.
+    norm = math.sqrt(sum(x * x for raw in wa.values() for x in floats(raw)))
+    diff = math.sqrt(sum((x - y) ** 2 for n in wa for x, y in zip(floats(wa[n]), floats(wb[n]))))
+    check(diff <= 1e-5 * norm, f"weights after 6 steps agree (|a - b| / |a| = {diff / norm:.2e})")
 
 
 def expect_error(mixattn, args, needle, what):
