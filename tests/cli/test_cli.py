@@ -7,25 +7,9 @@ Runs the real binary, parses its JSON and checks exit codes and error messages.
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-failures = []
-passes = 0
-
-
-def check(condition, what):
-    global passes
-    if condition:
-        passes += 1
-    else:
-        failures.append(what)
-        print(f"FAIL: {what}")
-
-
-def run(mixattn, *args):
-    return subprocess.run([mixattn, *args], capture_output=True, text=True, timeout=120)
-
+from clitest import check, run, summary
 
 def main():
     parser = argparse.ArgumentParser()
@@ -149,8 +133,7 @@ def main():
     r = run(m, "plan", "--help")
     check(r.returncode == 0 and "--budget" in r.stdout and "ma-pairs" in r.stdout, "plan --help lists flags and presets")
 
-    print(f"{passes} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    return summary()
 
 
 if __name__ == "__main__":

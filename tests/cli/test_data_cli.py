@@ -9,30 +9,14 @@ import argparse
 import hashlib
 import json
 import os
-import random
 import shutil
 import struct
-import subprocess
 import sys
 
-failures = []
-passes = 0
+from clitest import check, run, summary, write_corpus
 
 HEADER = struct.Struct("<8sIIQII32s")  # magic, version, bytes/token, count, vocab, record length, sha
 BOS, EOS = 1, 2
-
-
-def check(condition, what):
-    global passes
-    if condition:
-        passes += 1
-    else:
-        failures.append(what)
-        print(f"FAIL: {what}")
-
-
-def run(mixattn, *args):
-    return subprocess.run([mixattn, *args], capture_output=True, text=True, timeout=300)
 
 
 def read_shard(path):
@@ -65,19 +49,6 @@ def sha256_file(path):
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
 
-
-def write_corpus(path, seed, documents_count):
-    """Documents of 2-6 lines of plain words, each with a unique serial so none repeats."""
-    words = ("the river was cold and clear in the morning they walked along old road toward town "
-             "where market stood bread costs twelve coins she said nothing more than that a small "
-             "house on hill with green door").split()
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for d in range(documents_count):
-            for _ in range(rng.randint(2, 6)):
-                line = " ".join(rng.choice(words) for _ in range(rng.randint(5, 14)))
-                f.write(line.capitalize() + ".\n")
-            f.write(f"Document {seed}-{d} ends here.\n\n")
 
 
 def main():
@@ -198,8 +169,7 @@ def main():
     check(r.returncode == 0 and "--long-range-ratio" in r.stdout and "--val-fraction" in r.stdout,
           "data --help lists the flags")
 
-    print(f"{passes} passed, {len(failures)} failed")
-    return 1 if failures else 0
+    return summary()
 
 
 if __name__ == "__main__":

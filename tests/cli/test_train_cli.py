@@ -9,7 +9,6 @@ import argparse
 import json
 import math
 import os
-import random
 import shutil
 import signal
 import struct
@@ -17,36 +16,7 @@ import subprocess
 import sys
 import time
 
-failures = []
-passes = 0
-
-
-def check(condition, what):
-    global passes
-    if condition:
-        passes += 1
-    else:
-        failures.append(what)
-        print(f"FAIL: {what}")
-
-
-def run(mixattn, *args, env=None, timeout=300):
-    return subprocess.run([mixattn, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
-
-
-def write_corpus(path, seed, documents_count):
-    words = ("the river was cold and clear in the morning they walked along old road toward town "
-             "where market stood bread costs twelve coins she said nothing more than that a small "
-             "house on hill with green door").split()
-    rng = random.Random(seed)
-    with open(path, "w", encoding="utf-8") as f:
-        for d in range(documents_count):
-            for _ in range(rng.randint(2, 6)):
-                line = " ".join(rng.choice(words) for _ in range(rng.randint(5, 14)))
-                f.write(line.capitalize() + ".\n")
-            f.write(f"Document {d} ends here.\n\n")
-
+from clitest import check, run, summary, write_corpus
 
 def read_log(run_dir):
     steps, vals = {}, {}
@@ -260,8 +230,7 @@ def main():
     if not args.skip_mpi:
         test_mpi_matches_single_process(args.mixattn, data, args.workdir)
     test_errors(args.mixattn, data, args.workdir)
-    print(f"{passes} passed, {len(failures)} failed")
-    sys.exit(1 if failures else 0)
+    sys.exit(summary())
 
 
 if __name__ == "__main__":
