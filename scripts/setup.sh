@@ -8,11 +8,14 @@ packages=(
   build-essential cmake pkg-config git clang libclang-rt-14-dev clang-format
   # libraries (ARCHITECTURE.md, "Numbers and dependencies")
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
-  libsentencepiece-dev libdnnl-dev libhwy-dev libcpp-httplib-dev
+  libsentencepiece-dev libdnnl-dev libhwy-dev libcpp-httplib-dev zlib1g-dev
   # data-parallel training (mpirun -np N mixattn train)
   libopenmpi-dev openmpi-bin
   # test oracle and plots: Debian's own Python with PyTorch
   python3 python3-torch python3-numpy python3-yaml python3-matplotlib
+  # an optimised BLAS for PyTorch's f32 matmuls: with Debian's reference libblas3 alone, torch
+  # multiplies at ~3 GFLOP/s here and the training benchmark would compare against a strawman
+  libopenblas0-pthread
   # the server's end-to-end test with the official openai npm client (tests/server/)
   nodejs
 )

@@ -7,9 +7,11 @@
 // throughput is measured separately, on a shorter real prefill.
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -26,6 +28,7 @@
 #include "model/model_dir.h"
 #include "model/presets.h"
 #include "ops/elementwise.h"
+#include "plot/png_chart.h"
 
 namespace mixattn::cli {
 namespace {
@@ -208,6 +211,76 @@ class PresetBench {
   DType kv_dtype_;
 };
 
+// --plot is checked before the minutes of measuring, so a typo does not cost the run.
+void CheckPlotPath(const std::string& path) {
+  std::string extension = std::filesystem::path(path).extension().string();
+  for (char& c : extension) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (extension != ".png") Fail("--plot ", path, ": the file name must end in .png");
+  const std::filesystem::path directory = std::filesystem::path(path).parent_path();
+  if (!directory.empty() && !std::filesystem::is_directory(directory)) {
+    Fail("--plot ", path, ": directory ", directory.string(), " does not exist");
+  }
+}
+
+// Three panels against context length (log2 axis), one line per preset x batch (per preset
+// when --kv-budget picks the batch): decode tokens/s; KV bytes allocated; bytes read per decode
+// step (weights + the KV each layer reads), the traffic that bounds decode speed. The last two
+// are where MixAttention's savings show, the first is what they buy.
+std::vector<plot::LineChart> BenchCharts(const std::vector<Measurement>& results,
+                                         const std::string& kv_budget) {
+  // One series per preset x batch, presets in the order they ran, batches ascending.
+  std::vector<std::string> presets;
+  for (const Measurement& m : results) {
+    if (std::find(presets.begin(), presets.end(), m.preset) == presets.end()) {
+      presets.push_back(m.preset);
+    }
+  }
+  std::map<std::pair<size_t, int64_t>, std::vector<const Measurement*>> points;
+  for (const Measurement& m : results) {
+    const size_t preset =
+        static_cast<size_t>(std::find(presets.begin(), presets.end(), m.preset) - presets.begin());
+    // Under --kv-budget the batch varies with the context: one series per preset.
+    points[{preset, kv_budget.empty() ? m.batch : 0}].push_back(&m);
+  }
+  const auto chart = [](std::string title, std::string y_label, bool log_y) {
+    plot::LineChart c;
+    c.title = std::move(title);
+    c.x_label = "context length (tokens)";
+    c.y_label = std::move(y_label);
+    c.log_x = true;  // contexts are usually powers of two: 4K, 8K, ... 64K
+    c.log_y = log_y;
+    return c;
+  };
+  plot::LineChart speed = chart("Decode throughput", "decode tokens/s (whole batch)", false);
+  plot::LineChart memory = chart("KV cache allocated", "bytes (log2 axis, M = MiB)", true);
+  plot::LineChart traffic =
+      chart("Bytes read per decode step", "weights + KV read (log2 axis, M = MiB)", true);
+  // A log axis cannot show 0; such a point becomes a gap rather than failing the whole plot.
+  const auto positive = [](double v) { return v > 0 ? v : NAN; };
+  for (auto& [key, series] : points) {
+    const std::string label = kv_budget.empty()
+                                  ? presets[key.first] + " b=" + std::to_string(key.second)
+                                  : presets[key.first] + " (batch fits " + kv_budget + ")";
+    std::stable_sort(series.begin(), series.end(), [](const Measurement* a, const Measurement* b) {
+      return a->context < b->context;
+    });
+    plot::Series s{label, {}, {}}, k{label, {}, {}}, t{label, {}, {}};
+    for (const Measurement* m : series) {
+      const double context = static_cast<double>(m->context);
+      s.x.push_back(context);
+      s.y.push_back(m->decode_tokens_per_s);
+      k.x.push_back(context);
+      k.y.push_back(positive(static_cast<double>(m->kv_bytes)));
+      t.x.push_back(context);
+      t.y.push_back(positive(static_cast<double>(m->decode_bytes_per_step)));
+    }
+    speed.series.push_back(std::move(s));
+    memory.series.push_back(std::move(k));
+    traffic.series.push_back(std::move(t));
+  }
+  return {speed, memory, traffic};
+}
+
 Json MeasurementJson(const Measurement& m, double dram_bandwidth) {
   return Json{{"preset", m.preset},
               {"context", m.context},
@@ -237,6 +310,7 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
     if (c < 1) Fail("--context values must be >= 1");
   for (int64_t b : options.batches)
     if (b < 1) Fail("--batch values must be >= 1");
+  if (!options.plot_path.empty()) CheckPlotPath(options.plot_path);
 
   std::fprintf(stderr, "measuring DRAM read bandwidth... ");
   const double dram = MeasureReadBandwidth();
@@ -331,6 +405,10 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
     if (!file) Fail(options.json_path, ": cannot write");
     std::fprintf(stderr, "wrote %s\n", options.json_path.c_str());
   }
+  if (!options.plot_path.empty()) {
+    plot::WriteLineChartsPng(BenchCharts(results, options.kv_budget), options.plot_path);
+    std::fprintf(stderr, "wrote %s\n", options.plot_path.c_str());
+  }
 }
 
 }  // namespace
@@ -375,6 +453,11 @@ void RegisterBenchCommand(CLI::App& app) {
       ->capture_default_str();
   command->add_option("--json", options->json_path,
                       "write one JSON object per preset x context x batch to this file");
+  command
+      ->add_option("--plot", options->plot_path,
+                   "write a PNG of decode tokens/s, KV bytes and bytes read per step against "
+                   "context, one line per preset x batch (FILE must end in .png)")
+      ->type_name("FILE");
   command->callback([options, source]() { RunBench(*source, *options); });
 }
 
