@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces models/default: the default corpus -> token shards -> a training run -> the model
 # directory committed in the repo (config.json, model.safetensors in bf16, tokenizer.model,
-# train.jsonl, loss.png). Safe to interrupt and run again: the training run resumes from its
+# val.bin, train.jsonl, loss.png). Safe to interrupt and run again: the training run resumes from its
 # latest checkpoint (out/default-run/checkpoints) and continues exactly where it stopped.
 #
 #   scripts/train-default-model.sh [BUILD_DIR]      (default: build; built if missing)
@@ -30,6 +30,8 @@ fi
 model=models/default
 mkdir -p "$model"
 cp "$run/config.json" "$run/model.safetensors" "$run/tokenizer.model" "$run/train.jsonl" "$model/"
+# The held-out split travels with the model: `mixattn eval` hides its needles in it.
+cp "$data/val.bin" "$model/"
 /usr/bin/python3 scripts/plot-loss.py "$run/train.jsonl" "$model/loss.png" \
   --title "models/default: ma-pairs, 7.0M parameters, default corpus"
 echo "models/default: $(du -sh "$model" | cut -f1)"

@@ -15,5 +15,6 @@ void RegisterBenchCommand(CLI::App& app);
 void RegisterDataCommand(CLI::App& app);
 void RegisterServeCommand(CLI::App& app);
 void RegisterTrainCommand(CLI::App& app);
+void RegisterEvalCommand(CLI::App& app);
 
 }  // namespace mixattn::cli

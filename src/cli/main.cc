@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   mixattn::cli::RegisterBenchCommand(app);
   mixattn::cli::RegisterDataCommand(app);
   mixattn::cli::RegisterTrainCommand(app);
+  mixattn::cli::RegisterEvalCommand(app);
   mixattn::cli::RegisterServeCommand(app);
   try {
     app.parse(argc, argv);

@@ -174,12 +174,9 @@ LongRangeSequence MakeOneLongRangeSequence(const Tokenizer& tokenizer, const Fil
   std::vector<PlantedFact> facts;
   std::string question;
   if (sequence.kind == LongRangeKind::kPassKey) {
-    sequence.answer = std::to_string(10000 + rng.Below(90000));
-    const std::string& key = sequence.answer;
-    facts.push_back({tokenizer.Encode("\nThe pass key is " + key + ". Remember it. " + key +
-                                      " is the pass key.\n"),
-                     true});
-    question = "\nWhat is the pass key? The pass key is";
+    sequence.answer = MakePassKey(rng);
+    facts.push_back({tokenizer.Encode(PassKeyFact(sequence.answer)), true});
+    question = PassKeyQuestion();
   } else {
     // Distinct keys; the values may repeat, the keys tell the facts apart.
     std::set<std::string> used;
@@ -187,19 +184,16 @@ LongRangeSequence MakeOneLongRangeSequence(const Tokenizer& tokenizer, const Fil
     for (int i = 0; i < options.key_value_pairs; ++i) {
       std::string key;
       do {
-        key = std::string(kKeyAdjectives[rng.Below(kKeyAdjectives.size())]) + "-" +
-              kKeyNouns[rng.Below(kKeyNouns.size())];
+        key = MakeFactKey(rng);
       } while (!used.insert(key).second);
-      const std::string value = std::to_string(1000 + rng.Below(9000));
-      facts.push_back(
-          {tokenizer.Encode("\nThe value of key '" + key + "' is " + value + ".\n"), i == queried});
+      const std::string value = MakeFactValue(rng);
+      facts.push_back({tokenizer.Encode(KeyValueFact(key, value)), i == queried});
       if (i == queried) {
         sequence.key = key;
         sequence.answer = value;
       }
     }
-    question = "\nWhat is the value of key '" + sequence.key + "'? The value of key '" +
-               sequence.key + "' is";
+    question = KeyValueQuestion(sequence.key);
   }
   const std::vector<int> question_tokens = tokenizer.Encode(question);
   const std::vector<int> answer_tokens = tokenizer.Encode(" " + sequence.answer + ".");
@@ -400,6 +394,29 @@ std::vector<int> ConcatenateDocuments(const std::vector<std::vector<int>>& docum
     stream.insert(stream.end(), document.begin(), document.end());
   }
   return stream;
+}
+
+std::string MakePassKey(Rng& rng) { return std::to_string(10000 + rng.Below(90000)); }
+
+std::string MakeFactKey(Rng& rng) {
+  return std::string(kKeyAdjectives[rng.Below(kKeyAdjectives.size())]) + "-" +
+         kKeyNouns[rng.Below(kKeyNouns.size())];
+}
+
+std::string MakeFactValue(Rng& rng) { return std::to_string(1000 + rng.Below(9000)); }
+
+std::string PassKeyFact(const std::string& pass_key) {
+  return "\nThe pass key is " + pass_key + ". Remember it. " + pass_key + " is the pass key.\n";
+}
+
+std::string PassKeyQuestion() { return "\nWhat is the pass key? The pass key is"; }
+
+std::string KeyValueFact(const std::string& key, const std::string& value) {
+  return "\nThe value of key '" + key + "' is " + value + ".\n";
+}
+
+std::string KeyValueQuestion(const std::string& key) {
+  return "\nWhat is the value of key '" + key + "'? The value of key '" + key + "' is";
 }
 
 const char* LongRangeKindName(LongRangeKind kind) {

@@ -19,6 +19,8 @@
 #include <string_view>
 #include <vector>
 
+#include "core/random.h"
+
 namespace mixattn {
 
 class Tokenizer;
@@ -87,6 +89,17 @@ std::vector<int> ConcatenateDocuments(const std::vector<std::vector<int>>& docum
 // [min_distance, all the filler there is], so distances cover the whole range a length-T
 // sequence allows; distractor facts land anywhere. A model that predicts the answer tokens must
 // retrieve them from far back, beyond a sliding window when min_distance exceeds it.
+
+// The phrasing of facts and questions, shared with the evaluation tasks (eval/tasks.h) so that
+// they ask what training taught. Keys are "adjective-noun" (1024 of them), values 4 digits, pass
+// keys 5 digits.
+std::string MakePassKey(Rng& rng);
+std::string MakeFactKey(Rng& rng);
+std::string MakeFactValue(Rng& rng);
+std::string PassKeyFact(const std::string& pass_key);
+std::string PassKeyQuestion();  // the answer follows as " 58213."
+std::string KeyValueFact(const std::string& key, const std::string& value);
+std::string KeyValueQuestion(const std::string& key);  // the answer follows as " 7391."
 
 enum class LongRangeKind { kPassKey, kKeyValue };
 const char* LongRangeKindName(LongRangeKind kind);  // "pass_key", "key_value"
