@@ -171,10 +171,15 @@ FinishReason Engine::AcceptToken(Request& request, int token, EngineEvent& event
       }
       longest_stop = std::max(longest_stop, stop.size());
     }
-    // Hold back text that could still turn into a stop string.
-    const size_t safe = request.text.size() >= longest_stop
-                            ? request.text.size() - (longest_stop ? longest_stop - 1 : 0)
-                            : 0;
+    // Hold back text that could still turn into a stop string, and never split a UTF-8
+    // character: the cut moves back over continuation bytes (10xxxxxx).
+    size_t safe = request.text.size() >= longest_stop
+                      ? request.text.size() - (longest_stop ? longest_stop - 1 : 0)
+                      : 0;
+    while (safe > request.text_emitted && safe < request.text.size() &&
+           (static_cast<unsigned char>(request.text[safe]) & 0xC0) == 0x80) {
+      --safe;
+    }
     if (safe > request.text_emitted) {
       event.text += request.text.substr(request.text_emitted, safe - request.text_emitted);
       request.text_emitted = safe;
@@ -290,6 +295,7 @@ EngineStats Engine::stats() const {
   stats.running = static_cast<int64_t>(running_.size());
   stats.waiting = static_cast<int64_t>(waiting_.size());
   stats.kv = cache_.TotalUsage();
+  for (const auto& request : running_) stats.live_tokens += request->cached;
   stats.kv_blocks_total = pool_.num_blocks();
   stats.kv_blocks_free = pool_.num_free();
   return stats;

@@ -67,7 +67,8 @@ struct EngineStats {
   int64_t preemptions = 0;
   int64_t steps = 0;
   int64_t prompt_tokens = 0, generated_tokens = 0;  // totals since start
-  KvCache::Usage kv;                                // blocks and bytes in use, per kind
+  int64_t live_tokens = 0;  // tokens whose K/V the running requests hold now (their lengths)
+  KvCache::Usage kv;        // blocks and bytes in use, per kind
   int64_t kv_blocks_total = 0, kv_blocks_free = 0;
 };
 
@@ -78,8 +79,9 @@ class Engine {
          const Tokenizer* tokenizer);
 
   // Validates and queues. Throws mixattn::Error naming the problem (empty prompt, token out of
-  // range, prompt + max_tokens beyond the context, a request that can never fit in KV memory,
-  // bad sampling parameters, stop strings without a tokenizer).
+  // range, a prompt that fills the whole context, a request that can never fit in KV memory,
+  // bad sampling parameters, stop strings without a tokenizer). A prompt + max_tokens beyond the
+  // context is accepted: generation then ends at the context with FinishReason::kLength.
   RequestId Submit(GenerationRequest request);
   // Stops a request at the next step and frees its blocks; reported with FinishReason::kCancelled.
   void Cancel(RequestId request);
