@@ -137,7 +137,8 @@ TEST(LinearTest, MatchesScalarOnOddShapes) {
 }
 
 // One object serves decode batches and prefill chunks: any M in any order, results that depend
-// only on the input (the per-M primitive cache and the grown scratch must not leak between calls).
+// only on the input (the memory descriptors rebuilt per M and the grown scratch must not leak
+// between calls).
 TEST(LinearTest, SameObjectTakesAnyRowCountInAnyOrder) {
   const int64_t n = 100, k = 257;
   const std::vector<float> w = RandomVector(n * k, 3);
@@ -159,6 +160,56 @@ TEST(LinearTest, SameObjectTakesAnyRowCountInAnyOrder) {
       } else {
         EXPECT_EQ(y, first) << "M=" << rows << " is not deterministic across calls";
       }
+    }
+  }
+}
+
+// A server meets every batch size from 1 to max_batch_tokens (issue 5): one object takes every M
+// from kMaxSmallRows + 1 to 600, a few large ones and then small ones again, stays correct, and
+// keeps at most Linear::kMaxCachedPrimitives oneDNN primitives throughout, built once. Shape: K =
+// 1024 makes the widened bf16 panels 64 rows wide, so N = 72 has a narrower last panel and that
+// path runs both of its primitives. Row m of y depends only on row m of x, so every M is checked
+// against the first M rows of one reference.
+TEST(LinearTest, EveryRowCountKeepsBoundedPrimitives) {
+  const int64_t n = 72, k = 1024;
+  std::vector<int64_t> row_counts;
+  for (int64_t rows = Linear::kMaxSmallRows + 1; rows <= 600; ++rows) row_counts.push_back(rows);
+  for (int64_t rows : {1000, 2048, 4097, 17, 17, 9, 600}) row_counts.push_back(rows);
+  const int64_t max_rows = 4097;
+  const std::vector<float> w = RandomVector(n * k, 7);
+  const Reference ref = MakeReference(w, RoundedToBf16(w), max_rows, n, k, 8);
+  const auto prefix = [n](const std::vector<float>& v, int64_t rows) {
+    return std::vector<float>(v.begin(), v.begin() + rows * n);
+  };
+  const Linear f32(w.data(), n, k, DType::kF32);
+  const Linear bf16_auto(w.data(), n, k, DType::kBF16, Bf16Matmul::kAuto);
+  const Linear bf16_widened(w.data(), n, k, DType::kBF16, Bf16Matmul::kWidenToF32);
+  for (const Linear* linear : {&f32, &bf16_auto, &bf16_widened}) {
+    std::vector<float> small(static_cast<size_t>(Linear::kMaxSmallRows * n));
+    linear->Forward(ref.x.data(), Linear::kMaxSmallRows, small.data());
+    EXPECT_EQ(linear->cached_primitives(), 0) << "the small-batch kernel needs no primitive";
+    int64_t built = -1;
+    for (int64_t rows : row_counts) {
+      std::vector<float> y(static_cast<size_t>(rows * n), NAN);
+      linear->Forward(ref.x.data(), rows, y.data());
+      const std::string what = ShapeName(rows, n, k) + " " +
+                               std::string(DTypeName(linear->dtype())) + " " +
+                               linear->KernelName(rows);
+      const std::vector<float> scale = prefix(ref.scale, rows);
+      if (linear->dtype() == DType::kF32) {
+        ExpectWithin(y, prefix(ref.exact, rows), scale, kF32Tolerance, what);
+      } else {
+        ExpectWithin(y, prefix(ref.rounded, rows), scale, kF32Tolerance,
+                     what + " vs rounded operands");
+        ExpectWithin(y, prefix(ref.exact, rows), scale, kBf16Tolerance, what + " vs f32 operands");
+      }
+      if (built < 0) built = linear->cached_primitives();
+      ASSERT_GE(built, 1) << what;
+      ASSERT_LE(linear->cached_primitives(), Linear::kMaxCachedPrimitives) << what;
+      ASSERT_EQ(linear->cached_primitives(), built) << what << ": primitives were added";
+    }
+    if (linear == &bf16_widened) {
+      EXPECT_EQ(built, 2) << "full panels and the last panel";
     }
   }
 }

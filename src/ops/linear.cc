@@ -3,7 +3,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <map>
 #include <memory>
 #include <new>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -207,15 +206,28 @@ MIXATTN_AVX2 void PairSplitRowsAvx2(float* x, int64_t rows, int64_t k) {
 
 // ---- oneDNN ----
 
-// One oneDNN matmul dst[M, cols] (row stride ldd) = src[M, K] * weights[cols, K]^T, with memory
-// objects whose data pointers are swapped in per call, so running it allocates nothing.
+// One oneDNN matmul dst[M, cols] (row stride ldd) = src[M, K] * weights[cols, K]^T for every M: M
+// is a runtime dimension (DNNL_RUNTIME_DIM_VAL), so one primitive serves every batch size and the
+// number of primitives does not grow with the sizes a server meets (issue 5). The memory objects
+// hold no data (pointers are swapped in per call); src and dst describe one M, so they are rebuilt
+// when M differs from the previous call's: two small allocations inside oneDNN, nothing per call.
 struct OneDnnMatmul {
   dnnl::matmul primitive;
+  dnnl::memory::data_type type = dnnl::memory::data_type::f32;  // of src and weights; dst is f32
+  int64_t cols = 0, k = 0, ldd = 0;
+  int64_t rows = 0;  // M that src and dst describe; 0 before the first run
   dnnl::memory src, weights, dst, scratchpad;
   size_t scratchpad_bytes = 0;
-  std::string name;  // oneDNN's implementation, e.g. "gemm:jit" or "brg:avx512_core_bf16"
+  std::string name;  // oneDNN's implementation, e.g. "gemm:jit"
 
-  void Run(const void* src_data, const void* weight_data, float* dst_data) const {
+  void Run(int64_t m, const void* src_data, const void* weight_data, float* dst_data) {
+    if (m != rows) {
+      using tag = dnnl::memory::format_tag;
+      src = dnnl::memory({{m, k}, type, tag::ab}, CpuEngine(), DNNL_MEMORY_NONE);
+      dst = dnnl::memory({{m, cols}, dnnl::memory::data_type::f32, {ldd, 1}}, CpuEngine(),
+                         DNNL_MEMORY_NONE);
+      rows = m;
+    }
     src.set_data_handle(const_cast<void*>(src_data));
     weights.set_data_handle(const_cast<void*>(weight_data));
     dst.set_data_handle(dst_data);
@@ -233,32 +245,42 @@ struct OneDnnMatmul {
 
 // Null when oneDNN has no implementation for this data type here, or only its reference one (a
 // plain loop nest: for bf16, widening to f32 is always the better choice).
-std::unique_ptr<OneDnnMatmul> MakeOneDnnMatmul(int64_t rows, int64_t cols, int64_t k, int64_t ldd,
+//
+// Why a runtime M and not one primitive per M, or per bucket of M with padded rows: on AVX2 both
+// are oneDNN's gemm:jit, which takes M at run time anyway (the primitive is a thin wrapper around
+// its sgemm): timed side by side, they are within the +-2.5% noise at M = 9 .. 4096 (linear.h).
+// Buckets would add copies and padded rows: for multiples of 32, 6% of all rows over M = 9 .. 512
+// and 12% per call on average (23 of 32 at M = 9). On AVX-512, oneDNN 2.6's brgemm matmul takes
+// fixed shapes only, so a native bf16 matmul there is its gemm-based one; that could not be
+// measured here.
+std::unique_ptr<OneDnnMatmul> MakeOneDnnMatmul(int64_t cols, int64_t k, int64_t ldd,
                                                dnnl::memory::data_type type) {
   using dims = dnnl::memory::dims;
   using tag = dnnl::memory::format_tag;
   dnnl::engine& engine = CpuEngine();
-  const dnnl::memory::desc src_desc(dims{rows, k}, type, tag::ab);
+  const dnnl::memory::desc src_desc(dims{DNNL_RUNTIME_DIM_VAL, k}, type, tag::ab);
   const dnnl::memory::desc weight_desc(dims{k, cols}, type, tag::ba);  // W [cols, K] row-major
-  const dnnl::memory::desc dst_desc(dims{rows, cols}, dnnl::memory::data_type::f32, dims{ldd, 1});
+  const dnnl::memory::desc dst_desc(dims{DNNL_RUNTIME_DIM_VAL, cols}, dnnl::memory::data_type::f32,
+                                    dims{ldd, 1});
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // ThreadScratchpad, not per call
   auto matmul = std::make_unique<OneDnnMatmul>();
+  matmul->type = type;
+  matmul->cols = cols;
+  matmul->k = k;
+  matmul->ldd = ldd;
   try {
     const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_desc, weight_desc, dst_desc), attr,
                                           engine);
     matmul->name = pd.impl_info_str();
     if (type == dnnl::memory::data_type::bf16 && matmul->name.starts_with("ref")) return nullptr;
     matmul->primitive = dnnl::matmul(pd);
-    matmul->src = dnnl::memory(src_desc, engine, DNNL_MEMORY_NONE);
     matmul->weights = dnnl::memory(weight_desc, engine, DNNL_MEMORY_NONE);
-    matmul->dst = dnnl::memory(dst_desc, engine, DNNL_MEMORY_NONE);
     matmul->scratchpad = dnnl::memory(pd.scratchpad_desc(), engine, DNNL_MEMORY_NONE);
     matmul->scratchpad_bytes = pd.scratchpad_desc().get_size();
   } catch (const dnnl::error& e) {
     if (type == dnnl::memory::data_type::bf16) return nullptr;
-    Fail("oneDNN could not create an f32 matmul [", rows, ", ", k, "] x [", k, ", ", cols,
-         "]: ", e.what());
+    Fail("oneDNN could not create an f32 matmul [M, ", k, "] x [", k, ", ", cols, "]: ", e.what());
   }
   return matmul;
 }
@@ -274,37 +296,41 @@ struct Linear::Impl {
   std::vector<uint16_t> weight_bf16;  // [N, K] when dtype is bf16
   int64_t panel_rows = 0;             // weight rows per widened panel (bf16 only)
 
-  // How Forward runs M > kMaxSmallRows rows; built on the first call with that M.
+  // How Forward runs M > kMaxSmallRows rows: oneDNN primitives taking M at run time, built on the
+  // first such call, so at most kMaxCachedPrimitives of them whatever the sequence of M.
   struct Plan {
     std::unique_ptr<OneDnnMatmul> whole;       // the whole product (f32, or native bf16)
     std::unique_ptr<OneDnnMatmul> panel;       // widened bf16: one panel of panel_rows columns
     std::unique_ptr<OneDnnMatmul> last_panel;  // widened bf16: the narrower last panel, if any
   };
-  std::map<int64_t, Plan> plans;  // by M
+  std::unique_ptr<Plan> plan;  // null before the first call with M > kMaxSmallRows
 
   // Scratch, grown to the largest M seen.
   std::vector<float> x_rounded;  // [M, K] x rounded to bf16 (small kernel, widened path)
   std::vector<uint16_t> x_bf16;  // [M, K] x as bf16 (native bf16 matmul)
   std::vector<float> panel;      // [panel_rows, K] widened weights
 
-  const Plan& PlanFor(int64_t rows) {
-    auto found = plans.find(rows);
-    if (found != plans.end()) return found->second;
-    Plan plan;
+  Plan& GetPlan() {
+    if (plan) return *plan;
+    plan = std::make_unique<Plan>();
     if (dtype == DType::kF32) {
-      plan.whole = MakeOneDnnMatmul(rows, n, k, n, dnnl::memory::data_type::f32);
+      plan->whole = MakeOneDnnMatmul(n, k, n, dnnl::memory::data_type::f32);
     } else {
       if (bf16_matmul == Bf16Matmul::kAuto)
-        plan.whole = MakeOneDnnMatmul(rows, n, k, n, dnnl::memory::data_type::bf16);
-      if (!plan.whole) {
-        plan.panel = MakeOneDnnMatmul(rows, panel_rows, k, n, dnnl::memory::data_type::f32);
+        plan->whole = MakeOneDnnMatmul(n, k, n, dnnl::memory::data_type::bf16);
+      if (!plan->whole) {
+        plan->panel = MakeOneDnnMatmul(panel_rows, k, n, dnnl::memory::data_type::f32);
         if (n % panel_rows != 0)
-          plan.last_panel =
-              MakeOneDnnMatmul(rows, n % panel_rows, k, n, dnnl::memory::data_type::f32);
+          plan->last_panel = MakeOneDnnMatmul(n % panel_rows, k, n, dnnl::memory::data_type::f32);
         panel.resize(static_cast<size_t>(panel_rows * k));
       }
     }
-    return plans.emplace(rows, std::move(plan)).first->second;
+    return *plan;
+  }
+
+  int64_t CachedPrimitives() const {
+    if (!plan) return 0;
+    return (plan->whole ? 1 : 0) + (plan->panel ? 1 : 0) + (plan->last_panel ? 1 : 0);
   }
 
   template <typename T>
@@ -316,7 +342,7 @@ struct Linear::Impl {
   void Forward(const float* x, int64_t rows, float* y) {
     if (dtype == DType::kF32) {
       if (rows <= kMaxSmallRows) return SmallRows(x, rows, weight_f32.data(), n, k, y);
-      return PlanFor(rows).whole->Run(x, weight_f32.data(), y);
+      return GetPlan().whole->Run(rows, x, weight_f32.data(), y);
     }
     if (rows <= kMaxSmallRows) {
       float* rounded = Grow(x_rounded, rows * k);
@@ -324,11 +350,11 @@ struct Linear::Impl {
       if (ActiveSimdLevel() == SimdLevel::kAvx2) PairSplitRowsAvx2(rounded, rows, k);
       return SmallRows(rounded, rows, weight_bf16.data(), n, k, y);
     }
-    const Plan& plan = PlanFor(rows);
-    if (plan.whole) {
+    Plan& matmuls = GetPlan();
+    if (matmuls.whole) {
       uint16_t* x_half = Grow(x_bf16, rows * k);
       StoreAs(x, rows * k, DType::kBF16, reinterpret_cast<std::byte*>(x_half));
-      return plan.whole->Run(x_half, weight_bf16.data(), y);
+      return matmuls.whole->Run(rows, x_half, weight_bf16.data(), y);
     }
     float* rounded = Grow(x_rounded, rows * k);
     RoundToBf16(x, rows * k, rounded);
@@ -336,8 +362,8 @@ struct Linear::Impl {
       const int64_t cols = std::min(panel_rows, n - n0);
       LoadAs(reinterpret_cast<const std::byte*>(weight_bf16.data() + n0 * k), cols * k,
              DType::kBF16, panel.data());
-      const OneDnnMatmul& matmul = cols == panel_rows ? *plan.panel : *plan.last_panel;
-      matmul.Run(rounded, panel.data(), y + n0);
+      OneDnnMatmul& matmul = cols == panel_rows ? *matmuls.panel : *matmuls.last_panel;
+      matmul.Run(rows, rounded, panel.data(), y + n0);
     }
   }
 };
@@ -383,9 +409,11 @@ int64_t Linear::weight_bytes() const { return impl_->n * impl_->k * DTypeSize(im
 std::string Linear::KernelName(int64_t rows) const {
   if (rows <= kMaxSmallRows)
     return ActiveSimdLevel() == SimdLevel::kAvx2 ? "mixattn:dot_avx2" : "mixattn:dot_portable";
-  const Impl::Plan& plan = impl_->PlanFor(rows);
+  const Impl::Plan& plan = impl_->GetPlan();
   if (plan.whole) return "onednn:" + plan.whole->name;
   return "widen_bf16+onednn:" + plan.panel->name;
 }
+
+int64_t Linear::cached_primitives() const { return impl_->CachedPrimitives(); }
 
 }  // namespace mixattn::ops

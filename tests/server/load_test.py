@@ -6,8 +6,8 @@ mid-stream.
 Passes when: no response is a 5xx (or anything but 200), no connection fails, every request that
 was not hung up on is complete (finish_reason stop or length, usage present, [DONE] last, and
 "length" means exactly max_tokens tokens), the engine is idle with zero KV blocks held after each
-half of the load, the server's memory growth levels off (see RSS_GROWTH_LIMIT), and SIGTERM exits
-0. Prints requests/s, tokens/s and latency percentiles.
+half of the load, the server's memory stays flat under the load (see RSS_GROWTH_LIMIT), and SIGTERM
+exits 0. Prints requests/s, tokens/s and latency percentiles.
 
 Usage: load_test.py --mixattn PATH --workdir DIR [--seconds 30] [--clients 40]
 """
@@ -21,15 +21,22 @@ import time
 from serverlib import WORDS, Checks, Server, engine_idle, kv_blocks_used, make_model, read_events
 
 COMPLETIONS = "/v1/completions"
-# What "memory flat" can mean here. The server's own allocations per request are freed (a
-# workload of small batches holds its resident size constant to the MiB over thousands of
-# requests), but ops/linear.cc keeps a oneDNN matmul per Linear for every batch row count it
-# meets, and continuous batching meets hundreds of them: resident memory climbs for the first
-# tens of seconds of varied load and then levels off (for this model at about 170 MiB, after
-# about 40 s). So the check is that growth slows down, which a leak per request would not do, and
-# stays under a bound. Under the ASan build LeakSanitizer also checks for leaks at exit.
-RSS_GROWTH_LIMIT = 256 << 20
-RSS_NOISE = 8 << 20
+# Memory is flat under load (issue 5): after the warm-up has taken the server's buffers to their
+# working size, its resident size (VmRSS) may grow by at most this much over the rest of the load,
+# in which continuous batching meets hundreds of different batch row counts (see PROMPT_WORDS; 1
+# to 48 tokens to generate; hang-ups). Measured over the 10 s of the ctest on the 2-core
+# development machine: +3 to +4 MiB in five runs (e.g. 44 -> 47 MiB) with ops::Linear keeping at
+# most two oneDNN primitives per object; heaptrack shows the live heap flat under this load, so the
+# rest is the allocator's pages (still creeping at ~0.1 MiB/s, slowing). With the old cache of one
+# primitive per row count: +57 and +62 MiB (69 -> 131 MiB), growing until every count up to
+# max_batch_tokens had been met. 12 MiB sits between the two and holds runs of up to a minute.
+# Under the ASan build LeakSanitizer checks for leaks at exit instead.
+RSS_GROWTH_LIMIT = 12 << 20
+# Prompt lengths in words: this model's 320-token vocabulary makes them 5 to ~520 tokens, so the
+# engine's prefill chunks (up to 256 tokens) and decodes make batches of every size up to
+# max_batch_tokens = 512 rows.
+PROMPT_WORDS = (1, 150)
+
 
 class Stats:
     def __init__(self):
@@ -65,7 +72,7 @@ def percentile(values, p):
 
 
 def one_request(server, rng, stats):
-    prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 150)))
+    prompt = " ".join(rng.choice(WORDS) for _ in range(rng.randint(*PROMPT_WORDS)))
     max_tokens = rng.randint(1, 48)
     stream = rng.random() < 0.8
     hang_up_after = rng.randint(1, 8) if stream and rng.random() < 0.25 else None
@@ -151,7 +158,7 @@ def main():
         run_load(server, args.clients, max(1.0, args.seconds / 5), 1, Stats())
         server.wait_for_metrics(engine_idle)
         rss = [server.rss_bytes()]
-        # The load, in two halves to see whether memory growth slows down.
+        # The load, in two halves, each ending with the engine idle.
         stats, elapsed, idle_after = Stats(), 0.0, []
         for seed in (2, 3):
             elapsed += run_load(server, args.clients, args.seconds / 2, seed, stats)
@@ -185,9 +192,10 @@ def main():
             print("load: memory not compared under AddressSanitizer (its quarantine holds freed "
                   "memory); LeakSanitizer checks for leaks at exit")
         else:
-            first, second = rss[1] - rss[0], rss[2] - rss[1]
-            checks.check(second <= max(first, RSS_NOISE) and rss[2] - rss[0] < RSS_GROWTH_LIMIT,
-                         f"memory growth levels off: +{first >> 20} MiB, then +{second >> 20} MiB")
+            growth = rss[2] - rss[0]
+            checks.check(growth <= RSS_GROWTH_LIMIT,
+                         f"memory flat under load: grew {growth / (1 << 20):+.1f} MiB after the "
+                         f"warm-up, at most {RSS_GROWTH_LIMIT >> 20} MiB allowed")
         code = server.terminate()
         checks.check(code == 0, f"exit code 0 after SIGTERM: {code} {server.stderr()[-500:]}")
     finally:
