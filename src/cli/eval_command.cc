@@ -44,9 +44,7 @@ struct EvalOptions {
   std::string json_path;
   std::string plot_path;
   std::string outputs_path;
-  std::string kv_memory = "1GiB";
-  std::string weights_dtype = "bf16";
-  std::string kv_dtype = "bf16";
+  EngineFlags engine;
 };
 
 double SecondsSince(Clock::time_point start) {
@@ -139,10 +137,7 @@ void RunEval(const EvalOptions& options) {
       tasks.push_back(eval::ParseTask(name));
     }
   }
-  EngineOptions engine_options;
-  engine_options.kv_memory_bytes = ParseByteSize(options.kv_memory, "--kv-memory");
-  engine_options.weights_dtype = options.weights_dtype == "f32" ? DType::kF32 : DType::kBF16;
-  engine_options.kv_dtype = options.kv_dtype == "f32" ? DType::kF32 : DType::kBF16;
+  EngineOptions engine_options = ToEngineOptions(options.engine);
   engine_options.max_batch_tokens = 1024;
 
   // Samples first: every error (a length too short for a task, too long for the model) comes
@@ -364,15 +359,7 @@ void RegisterEvalCommand(CLI::App& app) {
                       "write a PNG heat map of accuracy by length and depth, one panel per task");
   command->add_option("--outputs", options->outputs_path,
                       "write every sample's answers, generated text and score as JSON lines");
-  auto* engine = command->add_option_group("Engine");
-  engine->add_option("--kv-memory", options->kv_memory, "KV cache memory, e.g. 1GiB")
-      ->capture_default_str();
-  engine->add_option("--weights-dtype", options->weights_dtype, "bf16 or f32")
-      ->check(CLI::IsMember({"bf16", "f32"}))
-      ->capture_default_str();
-  engine->add_option("--kv-dtype", options->kv_dtype, "bf16 or f32")
-      ->check(CLI::IsMember({"bf16", "f32"}))
-      ->capture_default_str();
+  AddEngineFlags(*command, options->engine);
   command->callback([options] { RunEval(*options); });
 }
 

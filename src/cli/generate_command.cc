@@ -23,9 +23,7 @@ struct GenerateOptions {
   SamplingParams sampling;
   std::vector<std::string> stop;
   bool ignore_eos = false;
-  std::string kv_memory = "1GiB";
-  std::string weights_dtype = "bf16";
-  std::string kv_dtype = "bf16";
+  EngineFlags engine;
   bool json = false;
 };
 
@@ -42,10 +40,7 @@ void RunGenerate(const GenerateOptions& options) {
          " does not exist: a text prompt needs the model's tokenizer (or use --prompt-tokens)");
   }
 
-  EngineOptions engine_options;
-  engine_options.kv_memory_bytes = ParseByteSize(options.kv_memory, "--kv-memory");
-  engine_options.weights_dtype = options.weights_dtype == "f32" ? DType::kF32 : DType::kBF16;
-  engine_options.kv_dtype = options.kv_dtype == "f32" ? DType::kF32 : DType::kBF16;
+  EngineOptions engine_options = ToEngineOptions(options.engine);
   Engine engine(model.config, model.weights, engine_options, tokenizer);
 
   GenerationRequest request;
@@ -144,15 +139,7 @@ void RegisterGenerateCommand(CLI::App& app) {
                        "stop string (repeatable); not included in the output");
   sampling->add_flag("--ignore-eos", options->ignore_eos,
                      "keep generating past the end-of-sequence token");
-  auto* engine = command->add_option_group("Engine");
-  engine->add_option("--kv-memory", options->kv_memory, "KV cache memory, e.g. 1GiB")
-      ->capture_default_str();
-  engine->add_option("--weights-dtype", options->weights_dtype, "bf16 or f32")
-      ->check(CLI::IsMember({"bf16", "f32"}))
-      ->capture_default_str();
-  engine->add_option("--kv-dtype", options->kv_dtype, "bf16 or f32")
-      ->check(CLI::IsMember({"bf16", "f32"}))
-      ->capture_default_str();
+  AddEngineFlags(*command, options->engine);
   command->add_flag("--json", options->json,
                     "print one JSON object at the end instead of streaming");
   command->callback([options]() { RunGenerate(*options); });

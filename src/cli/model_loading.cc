@@ -1,8 +1,10 @@
 #include "cli/model_loading.h"
 
+#include <CLI/CLI.hpp>
 #include <filesystem>
 
 #include "core/error.h"
+#include "core/units.h"
 
 namespace mixattn::cli {
 
@@ -34,6 +36,26 @@ InferenceModel LoadInferenceModel(const std::string& requested_dir) {
     loaded.tokenizer = std::make_unique<Tokenizer>(Tokenizer::Load(loaded.tokenizer_path));
   }
   return loaded;
+}
+
+void AddEngineFlags(CLI::App& command, EngineFlags& flags) {
+  auto* engine = command.add_option_group("Engine");
+  engine->add_option("--kv-memory", flags.kv_memory, "KV cache memory, e.g. 1GiB")
+      ->capture_default_str();
+  engine->add_option("--weights-dtype", flags.weights_dtype, "bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+  engine->add_option("--kv-dtype", flags.kv_dtype, "bf16 or f32")
+      ->check(CLI::IsMember({"bf16", "f32"}))
+      ->capture_default_str();
+}
+
+EngineOptions ToEngineOptions(const EngineFlags& flags) {
+  EngineOptions options;
+  options.kv_memory_bytes = ParseByteSize(flags.kv_memory, "--kv-memory");
+  options.weights_dtype = flags.weights_dtype == "f32" ? DType::kF32 : DType::kBF16;
+  options.kv_dtype = flags.kv_dtype == "f32" ? DType::kF32 : DType::kBF16;
+  return options;
 }
 
 }  // namespace mixattn::cli

@@ -8,8 +8,13 @@
 #include <memory>
 #include <string>
 
+#include "engine/engine.h"
 #include "model/model_dir.h"
 #include "tokenizer/tokenizer.h"
+
+namespace CLI {
+class App;
+}
 
 namespace mixattn::cli {
 
@@ -27,5 +32,16 @@ struct InferenceModel {
 // Error naming the directory when it does not exist (saying so when it is the default one), or
 // naming the file that fails to load.
 InferenceModel LoadInferenceModel(const std::string& dir);
+
+// The engine flags of `generate` and `eval`: --kv-memory, --weights-dtype, --kv-dtype.
+struct EngineFlags {
+  std::string kv_memory = "1GiB";
+  std::string weights_dtype = "bf16";
+  std::string kv_dtype = "bf16";
+};
+// Adds the flags as an "Engine" option group of `command`, bound to `flags`.
+void AddEngineFlags(CLI::App& command, EngineFlags& flags);
+// Engine options from the flags (the rest at their defaults); throws Error for a bad size.
+EngineOptions ToEngineOptions(const EngineFlags& flags);
 
 }  // namespace mixattn::cli
