@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# The MixAttention paper's comparison at the scale of one 2-core CPU (issue 6, docs/results.md):
+# every preset of PRESETS.md trained with the same shape, data, token budget, seed and schedule,
+# then evaluated with `mixattn eval` and benchmarked with `mixattn bench`.
+#
+#   experiments/paper-comparison.sh [data|train|eval|bench|report|all]   (default: all)
+#
+# Every stage is safe to interrupt and run again: data is made once, each training run resumes
+# from its latest checkpoint (a run is about an hour; none needs more than two hours), and
+# evaluations and benchmarks whose JSON exists are skipped. Outputs go to out/experiment/
+# (models, eval JSON and heat maps, bench JSON); `report` writes the figures and tables that
+# docs/results.md shows into docs/results/.
+#
+# Environment: BUILD (default build), PRESETS (default: all nine), THREADS (OMP_NUM_THREADS,
+# default 2).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD:-build}
+[ -x "$build/mixattn" ] || scripts/build.sh "$build"
+mixattn=$build/mixattn
+export OMP_NUM_THREADS=${THREADS:-2}
+export OMP_WAIT_POLICY=passive  # shared machine: spinning OpenMP threads starve each other
+
+out=out/experiment
+data=$out/data
+presets=${PRESETS:-standard all-sliding ma ma-endslide ma-offset ma-pairs ma-offset-slideshare ma-pairs-slideshare characterai}
+
+# 12 layers so that the slideshare variants differ from their base layouts (at 8 layers they are
+# identical); window 32 so that the all-sliding model's receptive field, 12 x 31 = 372 tokens, is
+# shorter than the longest evaluation distance (about 500 tokens at length 512, depth 0).
+shape=(--layers 12 --hidden 128 --heads 2 --kv-heads 1 --head-dim 64 --ffn 384 --window 32)
+# 1600 steps x 8 x 512 = 6.6M tokens per model (about an hour here); half of the sequences are
+# synthetic retrieval. A 400-step pilot (1.6M tokens, a third retrieval) learned no copying at
+# all: greedy answers to a pass key asked right after it were wrong in 20 of 20 samples.
+schedule=(--steps 1600 --batch 8 --seq 512 --lr 3e-3 --warmup 50 --seed 1 --eval-every 100
+  --eval-batches 8 --save-every 20 --keep 2)
+lengths=256,384,512
+samples=40
+
+stage_data() {
+  scripts/fetch-corpus.sh data/corpus
+  if [ ! -f "$data/data.json" ]; then
+    "$mixattn" data --in data/corpus/kjv.txt data/corpus/brown.txt data/corpus/sotu.txt \
+      --out "$data" --tokenizer models/default/tokenizer.model --val-fraction 0.01 --seed 1 \
+      --long-range-ratio 1.0 --long-range-length 513 --long-range-min-distance 16
+  fi
+}
+
+stage_train() {
+  for preset in $presets; do
+    local run=$out/$preset
+    if [ -f "$run/done" ]; then
+      echo "train: $preset already trained"
+      continue
+    fi
+    local train=("$mixattn" train --preset "$preset" "${shape[@]}" --data "$data" --out "$run"
+      "${schedule[@]}")
+    if ls "$run/checkpoints"/checkpoint-*.safetensors > /dev/null 2>&1; then train+=(--resume); fi
+    echo "train: $preset"
+    "${train[@]}"
+    touch "$run/done"
+  done
+}
+
+stage_eval() {
+  for preset in $presets; do
+    local run=$out/$preset
+    [ -f "$run/done" ] || { echo "eval: $preset is not trained yet, skipped"; continue; }
+    [ -f "$run/eval.json" ] && { echo "eval: $preset done"; continue; }
+    echo "eval: $preset"
+    "$mixattn" eval --model "$run" --data "$data" --lengths $lengths --samples $samples \
+      --ppl-windows 32 --seed 1 --json "$run/eval.json.tmp" --plot "$run/eval.png"
+    mv "$run/eval.json.tmp" "$run/eval.json"
+  done
+}
+
+stage_bench() {
+  # Decode speed of each layout at the experiment's shape, side by side in one process.
+  [ -f "$out/bench.json" ] && { echo "bench: done"; return; }
+  local list
+  list=$(echo $presets | tr ' ' ',')
+  "$mixattn" bench --compare "$list" "${shape[@]}" --vocab 4096 --context 512,4096 --batch 8 \
+    --json "$out/bench.json.tmp"
+  mv "$out/bench.json.tmp" "$out/bench.json"
+}
+
+stage_report() {
+  /usr/bin/python3 experiments/report.py --experiment "$out" --out docs/results
+}
+
+case "${1:-all}" in
+  data) stage_data ;;
+  train) stage_data && stage_train ;;
+  eval) stage_eval ;;
+  bench) stage_bench ;;
+  report) stage_report ;;
+  all) stage_data && stage_train && stage_eval && stage_bench && stage_report ;;
+  *) echo "usage: $0 [data|train|eval|bench|report|all]" >&2; exit 2 ;;
+esac

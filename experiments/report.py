@@ -1,0 +1,196 @@
+#!/usr/bin/env python3
+"""Tables and figures of the paper comparison (experiments/paper-comparison.sh) for docs/results.md.
+
+  /usr/bin/python3 experiments/report.py --experiment out/experiment --out docs/results
+
+Reads, for every preset directory under --experiment that holds eval.json: the evaluation
+(`mixattn eval --json`), the training log (train.jsonl) and config.json; and bench.json
+(`mixattn bench --json`) if present. Writes into --out:
+  table.md         one row per preset: validation perplexity, each task's accuracy at each length
+                   (with its 95% interval in a second table), KV bytes per sequence at the longest
+                   length, decode tokens/s
+  accuracy.png     accuracy against context length, one panel per task, one line per preset
+  depth.png        niah_single accuracy by needle depth at the longest length, per preset
+  loss.png         validation loss curves of all presets
+  summary.json     everything above as numbers
+Presets missing an eval.json are listed as not run yet.
+"""
+import argparse
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PRESETS = ["standard", "all-sliding", "ma", "ma-endslide", "ma-offset", "ma-pairs",
+           "ma-offset-slideshare", "ma-pairs-slideshare", "characterai"]
+TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]
+
+
+def load(experiment):
+    runs = {}
+    for preset in PRESETS:
+        path = os.path.join(experiment, preset)
+        if not os.path.exists(os.path.join(path, "eval.json")):
+            continue
+        with open(os.path.join(path, "eval.json")) as f:
+            evaluation = json.load(f)
+        val = []
+        with open(os.path.join(path, "train.jsonl")) as f:
+            for line in f:
+                record = json.loads(line)
+                if "val_loss" in record:
+                    val.append((record["step"], record["val_loss"]))
+        runs[preset] = {"eval": evaluation, "val": val}
+    bench = {}
+    bench_path = os.path.join(experiment, "bench.json")
+    if os.path.exists(bench_path):
+        with open(bench_path) as f:
+            rows = json.load(f)
+        for row in rows if isinstance(rows, list) else rows.get("results", []):
+            bench.setdefault(row["preset"], []).append(row)
+    return runs, bench
+
+
+def human_bytes(n):
+    for unit in ["B", "KiB", "MiB", "GiB"]:
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def decode_rate(bench_rows, context):
+    rows = [r for r in bench_rows if r.get("context") == context]
+    return max((r["decode_tokens_per_s"] for r in rows), default=None)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--experiment", default="out/experiment")
+    parser.add_argument("--out", default="docs/results")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    runs, bench = load(args.experiment)
+    if not runs:
+        raise SystemExit(f"no evaluated run under {args.experiment} (run the eval stage first)")
+    lengths = next(iter(runs.values()))["eval"]["lengths"]
+    longest = max(lengths)
+    bench_context = max((r["context"] for rows in bench.values() for r in rows), default=None)
+
+    summary = {"lengths": lengths, "presets": {}, "missing": [p for p in PRESETS if p not in runs]}
+    header = ["preset", "layout", "val ppl"]
+    header += [f"{t} @{n}" for t in TASKS for n in lengths]
+    header += [f"KV/seq @{longest}", f"decode tok/s @{bench_context}" if bench_context else
+               "decode tok/s"]
+    table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    intervals = ["| preset | " + " | ".join(f"{t} @{n}" for t in TASKS for n in lengths) + " |",
+                 "|---|" + "---|" * (len(TASKS) * len(lengths))]
+    for preset in PRESETS:
+        if preset not in runs:
+            continue
+        e = runs[preset]["eval"]
+        ppl = {p["length"]: p for p in e["perplexity"]}
+        acc = {(t["task"], t["length"]): t for t in e["tasks"]}
+        rate = decode_rate(bench.get(preset, []), bench_context) if bench_context else None
+        kv = e["kv_bytes_per_sequence"][str(longest)]
+        row = [preset, "`" + e.get("layout", "") + "`", f"{ppl[longest]['ppl']:.2f}"]
+        irow = [preset]
+        for t in TASKS:
+            for n in lengths:
+                a = acc.get((t, n))
+                row.append(f"{a['accuracy']:.2f}" if a else "-")
+                irow.append(f"[{a['ci_low']:.2f}, {a['ci_high']:.2f}]" if a else "-")
+        row += [human_bytes(kv), f"{rate:,.0f}" if rate else "-"]
+        table.append("| " + " | ".join(row) + " |")
+        intervals.append("| " + " | ".join(irow) + " |")
+        summary["presets"][preset] = {
+            "layout": e.get("layout"), "ppl": ppl[longest]["ppl"],
+            "ppl_interval": [ppl[longest]["ppl_low"], ppl[longest]["ppl_high"]],
+            "final_val_loss": runs[preset]["val"][-1][1] if runs[preset]["val"] else None,
+            "accuracy": {f"{t}@{n}": acc[(t, n)]["accuracy"] for t in TASKS for n in lengths
+                         if (t, n) in acc},
+            "kv_bytes_per_sequence": kv, "decode_tokens_per_s": rate}
+    with open(os.path.join(args.out, "table.md"), "w") as f:
+        f.write("\n".join(table) + "\n\n95% intervals (Wilson) of the accuracies above:\n\n")
+        f.write("\n".join(intervals) + "\n")
+        if summary["missing"]:
+            f.write("\nNot run yet: " + ", ".join(summary["missing"]) + "\n")
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+
+    colours = plt.cm.tab10.colors
+    styles = {p: (colours[i % 10], "-" if i < 10 else "--") for i, p in enumerate(PRESETS)}
+
+    fig, axes = plt.subplots(2, 4, figsize=(18, 8), sharey=True)
+    for ax, task in zip(axes.flat, TASKS):
+        for preset, run in runs.items():
+            rows = sorted((t for t in run["eval"]["tasks"] if t["task"] == task),
+                          key=lambda t: t["length"])
+            if not rows:
+                continue
+            x = [r["length"] for r in rows]
+            ax.errorbar(x, [r["accuracy"] for r in rows],
+                        yerr=[[r["accuracy"] - r["ci_low"] for r in rows],
+                              [r["ci_high"] - r["accuracy"] for r in rows]],
+                        label=preset, color=styles[preset][0], marker="o", capsize=2, alpha=0.85)
+        ax.set_title(task)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [str(n) for n in lengths])
+        ax.set_ylim(-0.05, 1.05)
+        ax.grid(alpha=0.3)
+    axes.flat[-1].axis("off")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    axes.flat[-1].legend(handles, labels, loc="center")
+    fig.supxlabel("context length (tokens)")
+    fig.supylabel("accuracy (95% interval)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "accuracy.png"), dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for preset, run in runs.items():
+        rows = sorted((t for t in run["eval"]["by_depth"]
+                       if t["task"] == "niah_single" and t["length"] == longest),
+                      key=lambda t: t["depth"])
+        ax.plot([r["mean_distance"] for r in rows], [r["accuracy"] for r in rows], marker="o",
+                label=preset, color=styles[preset][0])
+    config_path = os.path.join(args.experiment, next(iter(runs)), "config.json")
+    with open(config_path) as f:
+        config = json.load(f)
+    windows = [w for w in config["sliding_window"] if w]
+    if windows:
+        field = config["num_hidden_layers"] * (windows[0] - 1)
+        ax.axvline(field, color="grey", linestyle=":")
+        ax.text(field, 1.02, " all-sliding receptive field", color="grey", fontsize=8)
+    ax.set_xlabel(f"tokens between the pass key and the question (length {longest})")
+    ax.set_ylabel("niah_single accuracy")
+    ax.set_ylim(-0.05, 1.1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "depth.png"), dpi=90)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for preset, run in runs.items():
+        if run["val"]:
+            ax.plot(*zip(*run["val"]), label=preset, color=styles[preset][0])
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss (nats/token)")
+    lows = [v for run in runs.values() for _, v in run["val"][1:]]
+    if lows:
+        ax.set_ylim(min(lows) - 0.1, min(lows) + 1.5)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "loss.png"), dpi=90)
+    plt.close(fig)
+    print(f"report: {len(runs)} presets -> {args.out} (table.md, accuracy.png, depth.png, "
+          f"loss.png, summary.json)" + (f"; not run yet: {', '.join(summary['missing'])}"
+                                        if summary["missing"] else ""))
+
+
+if __name__ == "__main__":
+    main()
