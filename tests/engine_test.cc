@@ -4,9 +4,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 
 #include "core/random.h"
 #include "engine/model_runner.h"
+#include "model/kv_plan.h"
 #include "model/presets.h"
 #include "model/reference_forward.h"
 #include "test_util.h"
@@ -223,6 +225,62 @@ TEST(EngineTest, PreemptionRecomputesAndKeepsOutputs) {
   for (size_t b = 0; b < prompts.size(); ++b)
     EXPECT_EQ(outputs.at(ids[b]), expected[b]) << "request " << b;
   EXPECT_EQ(engine.stats().kv_blocks_free, engine.stats().kv_blocks_total);
+}
+
+// Every logits row the engine computes, before and after preemption and recompute, equals the
+// reference forward of the tokens that row has seen (each sequence's tokens are rebuilt from the
+// batch items: a recomputed request starts a new sequence at position 0), for every preset.
+TEST(EngineTest, LogitsMatchTheReferenceThroughPreemption) {
+  for (const PresetInfo& preset : Presets()) {
+    const ModelConfig config = MakePresetConfig(preset.name, EngineShape());
+    const ModelWeights weights = RandomWeights(config, 43, 0.1);
+    EngineOptions options = SmallOptions(0);
+    const int64_t block_bytes =
+        KvBlockPool::BlockBytes(4, config.num_key_value_heads, config.head_dim, DType::kF32);
+    // Room for the longest request and half of another: the six must take turns.
+    const int64_t longest = KvPlan(config).kv_blocks_per_sequence(12 + 9 * 5 + 24, 4, 16);
+    options.kv_memory_bytes = longest * 3 / 2 * block_bytes;
+    options.admission = EngineOptions::Admission::kOptimistic;
+    Engine engine(config, weights, options, nullptr);
+    // Per sequence: its tokens, and the logits rows computed for it with their positions. The
+    // reference is causal, so one forward over a sequence's final tokens checks all its rows.
+    struct Seen {
+      std::vector<int> tokens;
+      std::vector<std::pair<int64_t, std::vector<float>>> rows;
+    };
+    std::map<SequenceId, Seen> seen;
+    engine.set_logits_observer(
+        [&](std::span<const BatchItem> items, const std::vector<float>& logits) {
+          int64_t row = 0;
+          for (const BatchItem& item : items) {
+            Seen& sequence = seen[item.sequence];
+            ASSERT_EQ(static_cast<int64_t>(sequence.tokens.size()), item.start);
+            sequence.tokens.insert(sequence.tokens.end(), item.tokens.begin(), item.tokens.end());
+            if (!item.want_logits) continue;
+            const float* begin = logits.data() + row * config.vocab_size;
+            sequence.rows.emplace_back(static_cast<int64_t>(sequence.tokens.size()) - 1,
+                                       std::vector<float>(begin, begin + config.vocab_size));
+            ++row;
+          }
+        });
+    for (int b = 0; b < 6; ++b) {
+      engine.Submit(
+          Greedy(RandomTokens(12 + 9 * b, config.vocab_size, 500 + static_cast<uint64_t>(b)), 24));
+    }
+    RunToCompletion(engine);
+    int64_t rows_checked = 0;
+    double worst = 0;
+    for (const auto& [id, sequence] : seen) {
+      const Tensor reference = ReferenceForward(config, weights, sequence.tokens);
+      for (const auto& [position, row] : sequence.rows) {
+        worst = std::max(worst, RelativeError(row.data(), reference, position, 1));
+        ++rows_checked;
+      }
+    }
+    EXPECT_GT(engine.stats().preemptions, 0) << preset.name;
+    EXPECT_GT(rows_checked, 6 * 24 - 1) << preset.name;
+    EXPECT_LT(worst, 1e-3) << preset.name;
+  }
 }
 
 // Under a fixed budget, the engine runs exactly as many full-length requests at once as the planner
