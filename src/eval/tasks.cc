@@ -135,19 +135,40 @@ std::vector<std::string> DistinctValues(int count, Rng& rng) {
   return values;
 }
 
-// Word-list samples (cwe, fwe): BOS, an introduction, the words, newline padding to the exact
-// length, the question. `counts[i]` occurrences of words[i], shuffled.
+// The pieces of a word-list prompt (cwe, fwe), each encoded once: the introduction, the
+// question, every word (with its leading space) and the tokens left for the list in a prompt of
+// `length` tokens.
+struct WordList {
+  std::vector<int> introduction, question;
+  std::vector<std::vector<int>> word_tokens;  // [words]
+  int64_t budget = 0;
+
+  WordList(const Tokenizer& tokenizer, int64_t length, const std::string& introduction_text,
+           const std::string& question_text, const std::vector<std::string>& words)
+      : introduction(tokenizer.Encode(introduction_text)),
+        question(tokenizer.Encode(question_text)) {
+    for (const std::string& word : words) word_tokens.push_back(tokenizer.Encode(" " + word));
+    budget = length - 1 - static_cast<int64_t>(introduction.size() + question.size());
+  }
+  // Tokens of a list holding counts[i] copies of word i.
+  int64_t Tokens(const std::vector<int64_t>& counts) const {
+    int64_t total = 0;
+    for (size_t i = 0; i < counts.size(); ++i)
+      total += counts[i] * static_cast<int64_t>(word_tokens[i].size());
+    return total;
+  }
+};
+
+// Word-list samples: BOS, the introduction, `counts[i]` copies of word i shuffled, newline
+// padding to the exact length, the question.
 Sample ListSample(const Tokenizer& tokenizer, Task task, int64_t length, uint64_t seed,
-                  const std::string& introduction, const std::vector<std::string>& words,
-                  const std::vector<int64_t>& counts, const std::string& question,
+                  const WordList& list, const std::vector<int64_t>& counts,
                   std::vector<std::string> answers, const std::string& continuation) {
   std::vector<int> entries;
-  for (size_t i = 0; i < words.size(); ++i)
+  for (size_t i = 0; i < counts.size(); ++i)
     entries.insert(entries.end(), counts[i], static_cast<int>(i));
   Rng rng(SubSeed(seed, 2));
   for (size_t i = entries.size(); i > 1; --i) std::swap(entries[i - 1], entries[rng.Below(i)]);
-  std::vector<std::vector<int>> word_tokens;
-  for (const std::string& word : words) word_tokens.push_back(tokenizer.Encode(" " + word));
 
   Sample sample;
   sample.task = task;
@@ -156,24 +177,16 @@ Sample ListSample(const Tokenizer& tokenizer, Task task, int64_t length, uint64_
   sample.max_tokens = static_cast<int64_t>(tokenizer.Encode(continuation).size()) + 4;
   std::vector<int>& prompt = sample.prompt;
   prompt.push_back(tokenizer.bos_id());
-  prompt = Append(std::move(prompt), tokenizer.Encode(introduction));
+  prompt = Append(std::move(prompt), list.introduction);
   for (int entry : entries)
-    prompt = Append(std::move(prompt), word_tokens[static_cast<size_t>(entry)]);
-  const std::vector<int> question_tokens = tokenizer.Encode(question);
+    prompt = Append(std::move(prompt), list.word_tokens[static_cast<size_t>(entry)]);
   const std::vector<int> newline = tokenizer.Encode("\n");
   MIXATTN_CHECK(!newline.empty());
-  while (static_cast<int64_t>(prompt.size() + question_tokens.size()) < length)
+  while (static_cast<int64_t>(prompt.size() + list.question.size()) < length)
     prompt.push_back(newline.back());
-  prompt = Append(std::move(prompt), question_tokens);
+  prompt = Append(std::move(prompt), list.question);
   MIXATTN_CHECK(static_cast<int64_t>(prompt.size()) == length);
   return sample;
-}
-
-int64_t ListTokens(const std::vector<int64_t>& word_token_counts,
-                   const std::vector<int64_t>& counts) {
-  int64_t total = 0;
-  for (size_t i = 0; i < counts.size(); ++i) total += counts[i] * word_token_counts[i];
-  return total;
 }
 
 Sample CommonWordsSample(const Tokenizer& tokenizer, int64_t length, uint64_t seed) {
@@ -185,38 +198,34 @@ Sample CommonWordsSample(const Tokenizer& tokenizer, int64_t length, uint64_t se
   const std::string question =
       "\nWhat are the 10 most common words in the list above? The 10 most "
       "common words are";
-  const int64_t budget = length - 1 -
-                         static_cast<int64_t>(tokenizer.Encode(introduction).size() +
-                                              tokenizer.Encode(question).size());
-  std::vector<int64_t> word_token_counts;
-  for (const std::string& word : words)
-    word_token_counts.push_back(static_cast<int64_t>(tokenizer.Encode(" " + word).size()));
+  const WordList list(tokenizer, length, introduction, question, words);
   // The common words take about half the list; each other word appears a quarter as often (at
   // least once, always fewer times than a common word), as many of them as fit.
   int64_t common_tokens = 0;
-  for (int i = 0; i < kCommonWords; ++i) common_tokens += word_token_counts[static_cast<size_t>(i)];
-  const int64_t common_count = std::max<int64_t>(2, budget / 2 / common_tokens);
+  for (int i = 0; i < kCommonWords; ++i)
+    common_tokens += static_cast<int64_t>(list.word_tokens[static_cast<size_t>(i)].size());
+  const int64_t common_count = std::max<int64_t>(2, list.budget / 2 / common_tokens);
   const int64_t rare_count = std::max<int64_t>(1, common_count / 4);
   std::vector<int64_t> counts(words.size(), 0);
   for (int i = 0; i < kCommonWords; ++i) counts[static_cast<size_t>(i)] = common_count;
-  if (ListTokens(word_token_counts, counts) > budget) {
+  if (list.Tokens(counts) > list.budget) {
     Fail("context length ", length, " is too short for cwe: ", kCommonWords,
          " words twice each, the introduction and the question take ",
-         length - budget + ListTokens(word_token_counts, counts), " tokens");
+         length - list.budget + list.Tokens(counts), " tokens");
   }
   for (bool added = true; added;) {
     added = false;
     for (size_t i = kCommonWords; i < words.size(); ++i) {
       if (counts[i] < rare_count &&
-          ListTokens(word_token_counts, counts) + word_token_counts[i] <= budget) {
+          list.Tokens(counts) + static_cast<int64_t>(list.word_tokens[i].size()) <= list.budget) {
         ++counts[i];
         added = true;
       }
     }
   }
   std::vector<std::string> answers(words.begin(), words.begin() + kCommonWords);
-  return ListSample(tokenizer, Task::kCwe, length, seed, introduction, words, counts, question,
-                    answers, " " + JoinList(answers) + ".");
+  return ListSample(tokenizer, Task::kCwe, length, seed, list, counts, answers,
+                    " " + JoinList(answers) + ".");
 }
 
 // A pronounceable nonsense word: consonant, vowel, consonant, vowel, consonant.
@@ -244,12 +253,7 @@ Sample FrequentWordsSample(const Tokenizer& tokenizer, int64_t length, uint64_t 
   const std::string question =
       "\nWhat are the 3 most frequent coded words in the text above? The "
       "3 most frequent coded words are";
-  const int64_t budget = length - 1 -
-                         static_cast<int64_t>(tokenizer.Encode(introduction).size() +
-                                              tokenizer.Encode(question).size());
-  std::vector<int64_t> word_token_counts;
-  for (const std::string& word : words)
-    word_token_counts.push_back(static_cast<int64_t>(tokenizer.Encode(" " + word).size()));
+  const WordList list(tokenizer, length, introduction, question, words);
   // Zipf frequencies with exponent 2, as RULER draws them: the word of rank r appears
   // floor(K / r^2) times, for the largest K whose list fits. K >= 18 keeps the top three strictly
   // ahead of the fourth (18, 4, 2 vs 1).
@@ -260,16 +264,16 @@ Sample FrequentWordsSample(const Tokenizer& tokenizer, int64_t length, uint64_t 
     return counts;
   };
   int64_t k = 18;
-  if (ListTokens(word_token_counts, counts_for(k)) > budget) {
+  if (list.Tokens(counts_for(k)) > list.budget) {
     Fail("context length ", length,
          " is too short for fwe: its shortest list, the introduction "
          "and the question take ",
-         length - budget + ListTokens(word_token_counts, counts_for(k)), " tokens");
+         length - list.budget + list.Tokens(counts_for(k)), " tokens");
   }
-  while (ListTokens(word_token_counts, counts_for(k + 1)) <= budget) ++k;
+  while (list.Tokens(counts_for(k + 1)) <= list.budget) ++k;
   std::vector<std::string> answers(words.begin(), words.begin() + kFrequentWords);
-  return ListSample(tokenizer, Task::kFwe, length, seed, introduction, words, counts_for(k),
-                    question, answers, " " + JoinList(answers) + ".");
+  return ListSample(tokenizer, Task::kFwe, length, seed, list, counts_for(k), answers,
+                    " " + JoinList(answers) + ".");
 }
 
 bool IsWordChar(char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; }
