@@ -338,6 +338,94 @@ TEST_F(CorpusLongRangeTest, DeterministicForASeed) {
   EXPECT_TRUE(any_different);
 }
 
+TEST_F(CorpusLongRangeTest, RepeatSequencesRepeatSpansAtLeastMinDistanceLater) {
+  LongRangeOptions options;
+  options.sequence_length = 512;
+  options.count = 40;
+  options.min_distance = 100;
+  options.kinds = {LongRangeKind::kRepeat};
+  options.seed = 7;
+  const std::vector<LongRangeSequence> sequences =
+      MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_), options);
+  ASSERT_EQ(sequences.size(), 40u);
+  for (const LongRangeSequence& s : sequences) {
+    ASSERT_EQ(s.kind, LongRangeKind::kRepeat);
+    ASSERT_EQ(s.tokens.size(), 512u);
+    EXPECT_EQ(s.tokens.front(), Tokenizer::kBosId);
+    EXPECT_EQ(s.tokens.back(), Tokenizer::kEosId);
+    EXPECT_EQ(std::count(s.tokens.begin(), s.tokens.end(), Tokenizer::kBosId), 1);
+    EXPECT_EQ(std::count(s.tokens.begin(), s.tokens.end(), Tokenizer::kEosId), 1);
+    EXPECT_TRUE(s.key.empty());
+    EXPECT_TRUE(s.answer.empty());
+    EXPECT_EQ(s.repeats, 6);  // 6 spans of at most 40 tokens fit twice in 512 with 100 between
+    // The reported (farthest) repeat is a token-for-token copy of its first occurrence.
+    const int64_t length = s.fact_end - s.fact_begin;
+    EXPECT_GE(length, 8);
+    EXPECT_LE(length, 40);
+    EXPECT_EQ(s.answer_end - s.answer_begin, length);
+    EXPECT_EQ(s.query_begin, s.answer_begin);
+    EXPECT_GE(s.distance(), 100);
+    EXPECT_TRUE(std::equal(s.tokens.begin() + s.fact_begin, s.tokens.begin() + s.fact_end,
+                           s.tokens.begin() + s.answer_begin));
+  }
+
+  // Dense copying: the share of tokens that continue an exact earlier 8-gram, a lower bound of what
+  // an induction head can predict, is far larger than in pass key sequences of the same filler.
+  const auto copyable_share = [](const std::vector<LongRangeSequence>& all) {
+    int64_t copyable = 0, total = 0;
+    for (const LongRangeSequence& s : all) {
+      std::set<std::vector<int>> seen;
+      for (size_t i = 8; i < s.tokens.size(); ++i) {
+        std::vector<int> gram(s.tokens.begin() + static_cast<int64_t>(i) - 8,
+                              s.tokens.begin() + static_cast<int64_t>(i) + 1);
+        copyable += seen.count(gram) > 0;
+        seen.insert(gram);
+        ++total;
+      }
+    }
+    return static_cast<double>(copyable) / static_cast<double>(total);
+  };
+  LongRangeOptions pass_keys = options;
+  pass_keys.kinds = {LongRangeKind::kPassKey};
+  const double repeat_share = copyable_share(sequences);
+  const double pass_key_share = copyable_share(
+      MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_), pass_keys));
+  EXPECT_GT(repeat_share, pass_key_share + 0.15) << repeat_share << " vs " << pass_key_share;
+
+  // A short T gets fewer or shorter spans; one too short for a single 8-token span fails clearly.
+  options.sequence_length = 60;
+  options.min_distance = 20;
+  options.count = 20;
+  for (const LongRangeSequence& s :
+       MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_), options)) {
+    EXPECT_EQ(s.tokens.size(), 60u);
+    EXPECT_GE(s.repeats, 1);
+    EXPECT_GE(s.distance(), 20);
+  }
+  options.sequence_length = 30;
+  EXPECT_THAT(ErrorMessage([&] {
+                MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_),
+                                       options);
+              }),
+              HasSubstr("so at least 38"));
+}
+
+TEST(LongRangeKindsTest, ParsesAListAndRejectsUnknownOrRepeatedKinds) {
+  EXPECT_EQ(ParseLongRangeKinds("pass_key,key_value,repeat"),
+            (std::vector<LongRangeKind>{LongRangeKind::kPassKey, LongRangeKind::kKeyValue,
+                                        LongRangeKind::kRepeat}));
+  EXPECT_EQ(ParseLongRangeKinds("repeat"), std::vector<LongRangeKind>{LongRangeKind::kRepeat});
+  EXPECT_THAT(ErrorMessage([] { ParseLongRangeKinds("pass_key,copy"); }),
+              HasSubstr("unknown long-range kind 'copy'"));
+  EXPECT_THAT(ErrorMessage([] { ParseLongRangeKinds(""); }), HasSubstr("unknown long-range kind"));
+  EXPECT_THAT(ErrorMessage([] { ParseLongRangeKinds("repeat,repeat"); }),
+              HasSubstr("listed twice"));
+  for (const LongRangeKind kind :
+       {LongRangeKind::kPassKey, LongRangeKind::kKeyValue, LongRangeKind::kRepeat}) {
+    EXPECT_EQ(ParseLongRangeKinds(LongRangeKindName(kind)), std::vector<LongRangeKind>{kind});
+  }
+}
+
 TEST_F(CorpusLongRangeTest, ClearErrors) {
   EXPECT_THAT(ErrorMessage([&] { Make(20, 1, 0, 1); }), HasSubstr("is too short"));
   EXPECT_THAT(ErrorMessage([&] { Make(200, 5, 190, 1); }), HasSubstr("so at least"));

@@ -54,6 +54,7 @@ struct DataOptions {
   double long_range_ratio = 0.0;
   int64_t long_range_length = 0;
   int64_t long_range_min_distance = 0;
+  std::string long_range_kinds = "pass_key,key_value";
 };
 
 double SecondsSince(Clock::time_point start) {
@@ -108,6 +109,9 @@ std::string CommandLine(const DataOptions& options) {
          << options.long_range_length;
     if (options.long_range_min_distance > 0) {
       line << " --long-range-min-distance " << options.long_range_min_distance;
+    }
+    if (options.long_range_kinds != DataOptions{}.long_range_kinds) {
+      line << " --long-range-kinds " << options.long_range_kinds;
     }
   }
   return line.str();
@@ -166,6 +170,12 @@ void RunData(const DataOptions& options) {
   }
   if (options.long_range_ratio > 0 && options.long_range_length <= 0) {
     Fail("--long-range-ratio needs --long-range-length, the tokens per synthetic sequence");
+  }
+  std::vector<LongRangeKind> long_range_kinds;
+  try {
+    long_range_kinds = ParseLongRangeKinds(options.long_range_kinds);
+  } catch (const Error& error) {
+    Fail("--long-range-kinds: ", error.what());
   }
   PrepareOutputDirectory(options.out);
   const fs::path out_dir(options.out);
@@ -248,17 +258,20 @@ void RunData(const DataOptions& options) {
         std::ceil(options.long_range_ratio * static_cast<double>(train.size()) /
                   static_cast<double>(options.long_range_length)));
     long_options.min_distance = options.long_range_min_distance;
+    long_options.kinds = long_range_kinds;
     long_options.seed = options.seed;
     const std::vector<LongRangeSequence> sequences =
         MakeLongRangeSequences(tokenizer, filler, long_options);
     std::vector<int> stream;
     stream.reserve(sequences.size() * static_cast<size_t>(options.long_range_length));
-    int64_t pass_keys = 0;
+    Json kind_counts = Json::object();
+    for (const LongRangeKind kind : long_range_kinds) kind_counts[LongRangeKindName(kind)] = 0;
     int64_t min_distance = INT64_MAX, max_distance = 0;
     double sum_distance = 0;
     for (const LongRangeSequence& sequence : sequences) {
       stream.insert(stream.end(), sequence.tokens.begin(), sequence.tokens.end());
-      pass_keys += sequence.kind == LongRangeKind::kPassKey;
+      kind_counts[LongRangeKindName(sequence.kind)] =
+          kind_counts[LongRangeKindName(sequence.kind)].get<int64_t>() + 1;
       min_distance = std::min(min_distance, sequence.distance());
       max_distance = std::max(max_distance, sequence.distance());
       sum_distance += static_cast<double>(sequence.distance());
@@ -271,9 +284,9 @@ void RunData(const DataOptions& options) {
     long_range = {{"ratio", options.long_range_ratio},
                   {"sequence_length", options.long_range_length},
                   {"sequences", count},
-                  {"pass_key_sequences", pass_keys},
-                  {"key_value_sequences", count - pass_keys},
+                  {"kinds", kind_counts},
                   {"key_value_pairs", long_options.key_value_pairs},
+                  {"repeat_spans", long_options.repeat_spans},
                   {"min_distance", options.long_range_min_distance},
                   {"distance_min", count > 0 ? min_distance : 0},
                   {"distance_max", max_distance},
@@ -363,8 +376,15 @@ void RegisterDataCommand(CLI::App& app) {
       ->check(CLI::Range(int64_t{1}, int64_t{1} << 30));
   command
       ->add_option("--long-range-min-distance", options->long_range_min_distance,
-                   "least number of tokens between a planted fact and its question")
+                   "least number of tokens between a planted fact and its question (or a "
+                   "repeated span and its repeat)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
+  command
+      ->add_option("--long-range-kinds", options->long_range_kinds,
+                   "synthetic sequence kinds, drawn uniformly: pass_key (a pass key in filler, "
+                   "asked at the end), key_value (4 key/value facts, one asked), repeat (6 spans "
+                   "of filler, each repeated later: dense copying)")
+      ->capture_default_str();
   command->callback([options, vocab]() {
     options->vocab_size_given = vocab->count() > 0;
     RunData(*options);

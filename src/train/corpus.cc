@@ -16,6 +16,7 @@
 #include <iterator>
 #include <mutex>
 #include <set>
+#include <tuple>
 #include <utility>
 
 #include "core/error.h"
@@ -167,10 +168,98 @@ class FillerSource {
   std::vector<int> separator_;
 };
 
+// Lengths of the spans a repeat sequence repeats.
+constexpr int64_t kRepeatSpanMin = 8;
+constexpr int64_t kRepeatSpanMax = 40;
+
+// A repeat sequence (corpus.h): options.repeat_spans spans of filler, each twice, the second copy
+// at least min_distance tokens after the end of the first.
+LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSource& filler,
+                                     const LongRangeOptions& options, Rng& rng) {
+  LongRangeSequence sequence;
+  sequence.kind = LongRangeKind::kRepeat;
+  const int64_t T = options.sequence_length;
+  // Span lengths, cut short (and fewer spans) where T cannot hold them all twice.
+  std::vector<int64_t> lengths;
+  int64_t span_total = 0;
+  for (int i = 0; i < options.repeat_spans; ++i) {
+    const int64_t fits = (T - 2 - options.min_distance) / 2 - span_total;
+    if (fits < kRepeatSpanMin) break;
+    const int64_t drawn =
+        kRepeatSpanMin +
+        static_cast<int64_t>(rng.Below(static_cast<uint64_t>(kRepeatSpanMax - kRepeatSpanMin + 1)));
+    lengths.push_back(std::min(drawn, fits));
+    span_total += lengths.back();
+  }
+  if (lengths.empty()) {
+    Fail("long-range sequence length ", T,
+         " is too short: a repeat sequence needs two copies of a ", kRepeatSpanMin,
+         "-token span, BOS and EOS plus a distance of ", options.min_distance,
+         " tokens of filler, so at least ", 2 + 2 * kRepeatSpanMin + options.min_distance);
+  }
+  const int64_t filler_total = T - 2 - 2 * span_total;
+
+  // Both copies are placed in the filler: the first at a uniform offset, the second uniformly
+  // between min_distance filler tokens later and the end.
+  struct Copy {
+    int64_t offset;  // filler tokens before it
+    int second;      // 0: first copy, 1: the repeat
+    size_t span;
+  };
+  std::vector<Copy> copies;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const int64_t first = static_cast<int64_t>(
+        rng.Below(static_cast<uint64_t>(filler_total - options.min_distance + 1)));
+    const int64_t second =
+        first + options.min_distance +
+        static_cast<int64_t>(
+            rng.Below(static_cast<uint64_t>(filler_total - first - options.min_distance + 1)));
+    copies.push_back({first, 0, i});
+    copies.push_back({second, 1, i});
+  }
+  std::sort(copies.begin(), copies.end(), [](const Copy& a, const Copy& b) {
+    return std::tie(a.offset, a.second, a.span) < std::tie(b.offset, b.second, b.span);
+  });
+
+  std::vector<std::vector<int>> spans;
+  for (const int64_t length : lengths) spans.push_back(filler.Take(length, rng));
+  const std::vector<int> text = filler.Take(filler_total, rng);
+  std::vector<int>& tokens = sequence.tokens;
+  tokens.reserve(static_cast<size_t>(T));
+  tokens.push_back(tokenizer.bos_id());
+  std::vector<std::array<int64_t, 2>> begins(lengths.size());  // [span][copy]
+  int64_t filler_used = 0;
+  for (const Copy& copy : copies) {
+    tokens.insert(tokens.end(), text.begin() + filler_used, text.begin() + copy.offset);
+    filler_used = copy.offset;
+    begins[copy.span][static_cast<size_t>(copy.second)] = static_cast<int64_t>(tokens.size());
+    tokens.insert(tokens.end(), spans[copy.span].begin(), spans[copy.span].end());
+  }
+  tokens.insert(tokens.end(), text.begin() + filler_used, text.end());
+  tokens.push_back(tokenizer.eos_id());
+  MIXATTN_CHECK(static_cast<int64_t>(tokens.size()) == T);
+
+  // Report the farthest repeat.
+  sequence.repeats = static_cast<int>(lengths.size());
+  int64_t farthest = -1;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    const int64_t distance = begins[i][1] - (begins[i][0] + lengths[i]);
+    if (distance <= farthest) continue;
+    farthest = distance;
+    sequence.fact_begin = begins[i][0];
+    sequence.fact_end = begins[i][0] + lengths[i];
+    sequence.query_begin = sequence.answer_begin = begins[i][1];
+    sequence.answer_end = begins[i][1] + lengths[i];
+  }
+  return sequence;
+}
+
 LongRangeSequence MakeOneLongRangeSequence(const Tokenizer& tokenizer, const FillerSource& filler,
                                            const LongRangeOptions& options, Rng& rng) {
+  const LongRangeKind kind = options.kinds[rng.Below(options.kinds.size())];
+  if (kind == LongRangeKind::kRepeat) return MakeRepeatSequence(tokenizer, filler, options, rng);
   LongRangeSequence sequence;
-  sequence.kind = rng.Below(2) == 0 ? LongRangeKind::kPassKey : LongRangeKind::kKeyValue;
+  sequence.kind = kind;
   std::vector<PlantedFact> facts;
   std::string question;
   if (sequence.kind == LongRangeKind::kPassKey) {
@@ -425,8 +514,36 @@ const char* LongRangeKindName(LongRangeKind kind) {
       return "pass_key";
     case LongRangeKind::kKeyValue:
       return "key_value";
+    case LongRangeKind::kRepeat:
+      return "repeat";
   }
   return "unknown";
+}
+
+std::vector<LongRangeKind> ParseLongRangeKinds(std::string_view list) {
+  std::vector<LongRangeKind> kinds;
+  size_t start = 0;
+  while (start <= list.size()) {
+    const size_t comma = std::min(list.find(',', start), list.size());
+    const std::string_view name = list.substr(start, comma - start);
+    start = comma + 1;
+    LongRangeKind kind;
+    if (name == "pass_key") {
+      kind = LongRangeKind::kPassKey;
+    } else if (name == "key_value") {
+      kind = LongRangeKind::kKeyValue;
+    } else if (name == "repeat") {
+      kind = LongRangeKind::kRepeat;
+    } else {
+      Fail("unknown long-range kind '", name, "' in '", list,
+           "': expected a comma-separated list of pass_key, key_value, repeat");
+    }
+    if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) {
+      Fail("long-range kind '", name, "' is listed twice in '", list, "'");
+    }
+    kinds.push_back(kind);
+  }
+  return kinds;
 }
 
 std::vector<LongRangeSequence> MakeLongRangeSequences(
@@ -438,6 +555,10 @@ std::vector<LongRangeSequence> MakeLongRangeSequences(
   if (options.count < 0) Fail("long-range sequence count must be >= 0, got ", options.count);
   if (options.min_distance < 0) {
     Fail("long-range min distance must be >= 0, got ", options.min_distance);
+  }
+  if (options.kinds.empty()) Fail("long-range sequences need at least one kind");
+  if (options.repeat_spans < 1) {
+    Fail("long-range repeat spans must be >= 1, got ", options.repeat_spans);
   }
   if (options.key_value_pairs < 1 ||
       options.key_value_pairs > static_cast<int>(kKeyAdjectives.size() * kKeyNouns.size())) {

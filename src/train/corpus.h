@@ -89,6 +89,15 @@ std::vector<int> ConcatenateDocuments(const std::vector<std::vector<int>>& docum
 // [min_distance, all the filler there is], so distances cover the whole range a length-T
 // sequence allows; distractor facts land anywhere. A model that predicts the answer tokens must
 // retrieve them from far back, beyond a sliding window when min_distance exceeds it.
+//
+// A third kind, `repeat`, makes copying dense: several spans of filler text (8-40 tokens each)
+// each appear twice, the second time at least min_distance tokens after the first:
+//
+//   BOS filler... [span A] filler... [span B] ... [span A again] ... [span B again] ... EOS
+//
+// Every token of a repeat after its first is predictable only by finding the earlier copy, the
+// induction-head mechanism that the pass key and key/value questions rely on. The sparse signal of
+// one question per sequence alone did not teach a small model to copy (docs/results.md).
 
 // The phrasing of facts and questions, shared with the evaluation tasks (eval/tasks.h) so that
 // they ask what training taught. Keys are "adjective-noun" (1024 of them), values 4 digits, pass
@@ -101,28 +110,36 @@ std::string PassKeyQuestion();  // the answer follows as " 58213."
 std::string KeyValueFact(const std::string& key, const std::string& value);
 std::string KeyValueQuestion(const std::string& key);  // the answer follows as " 7391."
 
-enum class LongRangeKind { kPassKey, kKeyValue };
-const char* LongRangeKindName(LongRangeKind kind);  // "pass_key", "key_value"
+enum class LongRangeKind { kPassKey, kKeyValue, kRepeat };
+const char* LongRangeKindName(LongRangeKind kind);  // "pass_key", "key_value", "repeat"
+// "pass_key,key_value,repeat" -> the kinds, in that order; throws Error naming an unknown or
+// repeated kind, or an empty list.
+std::vector<LongRangeKind> ParseLongRangeKinds(std::string_view list);
 
 struct LongRangeOptions {
   int64_t sequence_length = 0;  // T, tokens per sequence, BOS and EOS included
   int64_t count = 0;            // sequences to make
   int64_t min_distance = 0;     // least filler between the queried fact and the question
   int key_value_pairs = 4;      // facts planted in a key/value sequence, one of them asked for
+  int repeat_spans = 6;         // spans repeated in a repeat sequence (fewer when T is short)
+  // The kinds to make, each sequence's drawn uniformly from this list.
+  std::vector<LongRangeKind> kinds = {LongRangeKind::kPassKey, LongRangeKind::kKeyValue};
   uint64_t seed = 0;
 };
 
 struct LongRangeSequence {
   LongRangeKind kind = LongRangeKind::kPassKey;
   std::vector<int> tokens;  // [T]: BOS ... answer EOS
-  std::string key;          // the key asked for ("amber-falcon"); empty for a pass key
-  std::string answer;       // the number the question asks for ("58213")
-  // Token spans [begin, end) within tokens.
+  std::string key;          // the key asked for ("amber-falcon"); empty for a pass key or repeat
+  std::string answer;       // the number the question asks for ("58213"); empty for a repeat
+  // Token spans [begin, end) within tokens. A repeat sequence reports its farthest repeat: the
+  // span's first copy is the "fact", its second copy both the "question" and the "answer".
   int64_t fact_begin = 0;  // the queried fact
   int64_t fact_end = 0;
   int64_t query_begin = 0;   // the question
-  int64_t answer_begin = 0;  // " 58213." ; answer_end == T - 1, the EOS
+  int64_t answer_begin = 0;  // " 58213." ; answer_end == T - 1, the EOS (not so for a repeat)
   int64_t answer_end = 0;
+  int repeats = 0;  // spans repeated (a repeat sequence), 0 otherwise
   // Tokens between the end of the queried fact and the start of the question.
   int64_t distance() const { return query_begin - fact_end; }
 };

@@ -140,6 +140,40 @@ def main():
           "each record is BOS ... EOS")
     check(0 <= long_data["long_range"]["distance_min"] <= long_data["long_range"]["distance_max"] < 512,
           f"distances reported: {long_data['long_range']}")
+    kinds = long_data["long_range"]["kinds"]
+    check(set(kinds) == {"pass_key", "key_value"} and sum(kinds.values()) == sequences,
+          f"default kinds pass_key and key_value, counted: {kinds}")
+
+    # --long-range-kinds repeat: every record repeats spans of itself, so many tokens continue an
+    # 8-gram seen earlier in the same record; recorded in data.json and the command line.
+    repeat_dir = os.path.join(work, "repeat")
+    r = run(m, "data", "--in", a, b, "--out", repeat_dir, "--tokenizer", os.path.join(out, "tokenizer.model"),
+            "--long-range-ratio", "0.5", "--long-range-length", "256", "--long-range-min-distance", "40",
+            "--long-range-kinds", "repeat", "--seed", "5")
+    check(r.returncode == 0, f"--long-range-kinds repeat exits 0 ({r.stderr[-1000:]})")
+    repeat_data = json.load(open(os.path.join(repeat_dir, "data.json")))
+    repeat_info = repeat_data["long_range"]
+    check(list(repeat_info["kinds"]) == ["repeat"] and repeat_info["kinds"]["repeat"] == repeat_info["sequences"],
+          f"only repeat sequences: {repeat_info}")
+    check(repeat_info["distance_min"] >= 40, f"repeats at least --long-range-min-distance later: {repeat_info}")
+    check("--long-range-kinds repeat" in repeat_data["command"], "the command records --long-range-kinds")
+    _, repeat_ids = read_shard(os.path.join(repeat_dir, "train_longrange.bin"))
+
+    def copied_share(records):
+        copied = total = 0
+        for rec in records:
+            seen = set()
+            for i in range(8, len(rec)):
+                gram = tuple(rec[i - 8:i + 1])
+                copied += gram in seen
+                seen.add(gram)
+                total += 1
+        return copied / total
+
+    repeat_share = copied_share([repeat_ids[i:i + 256] for i in range(0, len(repeat_ids), 256)])
+    plain_share = copied_share(records)
+    check(repeat_share > plain_share + 0.15,
+          f"repeat records copy far more of themselves: {repeat_share:.2f} vs {plain_share:.2f}")
 
     # --- errors a user can act on
     empty = os.path.join(work, "empty.txt")
@@ -159,6 +193,9 @@ def main():
         (["data", "--in", a, "--out", os.path.join(work, "e6"), "--tokenizer", missing], missing),
         (["data", "--in", a, "--out", os.path.join(work, "e7"), "--tokenizer", os.path.join(out, "tokenizer.model"),
           "--long-range-ratio", "0.1", "--long-range-length", "20"], "too short"),
+        (["data", "--in", a, "--out", os.path.join(work, "e8"), "--tokenizer", os.path.join(out, "tokenizer.model"),
+          "--long-range-ratio", "0.1", "--long-range-length", "256", "--long-range-kinds", "pass_key,copy"],
+         "--long-range-kinds: unknown long-range kind 'copy'"),
     ]
     for argv, expected_text in bad_cases:
         r = run(m, *argv)
