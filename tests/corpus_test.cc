@@ -410,6 +410,36 @@ TEST_F(CorpusLongRangeTest, RepeatSequencesRepeatSpansAtLeastMinDistanceLater) {
               HasSubstr("so at least 38"));
 }
 
+TEST_F(CorpusLongRangeTest, RandomRepeatSpansAreRandomTokensOfTheFiller) {
+  LongRangeOptions options;
+  options.sequence_length = 256;
+  options.count = 30;
+  options.min_distance = 10;
+  options.kinds = {LongRangeKind::kRandomRepeat};
+  options.seed = 9;
+  const std::vector<std::vector<int>> filler = TokenizeDocuments(*tokenizer_, *documents_);
+  std::set<int> filler_ids;
+  for (const std::vector<int>& document : filler)
+    filler_ids.insert(document.begin(), document.end());
+  std::set<int> span_ids;
+  for (const LongRangeSequence& s : MakeLongRangeSequences(*tokenizer_, filler, options)) {
+    ASSERT_EQ(s.kind, LongRangeKind::kRandomRepeat);
+    ASSERT_EQ(s.tokens.size(), 256u);
+    EXPECT_GE(s.distance(), 10);
+    ASSERT_TRUE(std::equal(s.tokens.begin() + s.fact_begin, s.tokens.begin() + s.fact_end,
+                           s.tokens.begin() + s.answer_begin));
+    span_ids.insert(s.tokens.begin() + s.fact_begin, s.tokens.begin() + s.fact_end);
+  }
+  // Every span token is one the filler holds (never BOS or EOS: TokenizeDocuments' markers are
+  // dropped), and the spans spread over the whole set, not the frequent few.
+  for (const int id : span_ids) {
+    EXPECT_TRUE(filler_ids.count(id) > 0) << id;
+    EXPECT_NE(id, Tokenizer::kBosId);
+    EXPECT_NE(id, Tokenizer::kEosId);
+  }
+  EXPECT_GT(span_ids.size(), filler_ids.size() / 2);
+}
+
 TEST(LongRangeKindsTest, ParsesAListAndRejectsUnknownOrRepeatedKinds) {
   EXPECT_EQ(ParseLongRangeKinds("pass_key,key_value,repeat"),
             (std::vector<LongRangeKind>{LongRangeKind::kPassKey, LongRangeKind::kKeyValue,
@@ -420,8 +450,8 @@ TEST(LongRangeKindsTest, ParsesAListAndRejectsUnknownOrRepeatedKinds) {
   EXPECT_THAT(ErrorMessage([] { ParseLongRangeKinds(""); }), HasSubstr("unknown long-range kind"));
   EXPECT_THAT(ErrorMessage([] { ParseLongRangeKinds("repeat,repeat"); }),
               HasSubstr("listed twice"));
-  for (const LongRangeKind kind :
-       {LongRangeKind::kPassKey, LongRangeKind::kKeyValue, LongRangeKind::kRepeat}) {
+  for (const LongRangeKind kind : {LongRangeKind::kPassKey, LongRangeKind::kKeyValue,
+                                   LongRangeKind::kRepeat, LongRangeKind::kRandomRepeat}) {
     EXPECT_EQ(ParseLongRangeKinds(LongRangeKindName(kind)), std::vector<LongRangeKind>{kind});
   }
 }

@@ -380,10 +380,12 @@ void RegisterDataCommand(CLI::App& app) {
                    "repeated span and its repeat)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   command
-      ->add_option("--long-range-kinds", options->long_range_kinds,
-                   "synthetic sequence kinds, drawn uniformly: pass_key (a pass key in filler, "
-                   "asked at the end), key_value (4 key/value facts, one asked), repeat (6 spans "
-                   "of filler, each repeated later: dense copying)")
+      ->add_option(
+          "--long-range-kinds", options->long_range_kinds,
+          "synthetic sequence kinds, drawn uniformly: pass_key (a pass key in filler, "
+          "asked at the end), key_value (4 key/value facts, one asked), repeat (6 spans "
+          "of filler, each repeated later: dense copying), random_repeat (the same with spans of "
+          "random tokens)")
       ->capture_default_str();
   command->callback([options, vocab]() {
     options->vocab_size_given = vocab->count() > 0;

@@ -131,6 +131,18 @@ class FillerSource {
     }
     if (documents_.empty())
       Fail("long-range sequences need filler text, but the documents hold no tokens");
+    std::set<int> seen;
+    for (const Document& document : documents_)
+      seen.insert(document.tokens.begin(), document.tokens.end());
+    distinct_.assign(seen.begin(), seen.end());
+  }
+
+  // `length` tokens drawn independently and uniformly from the distinct tokens of the documents:
+  // text that no language model predicts.
+  std::vector<int> Random(int64_t length, Rng& rng) const {
+    std::vector<int> tokens(static_cast<size_t>(length));
+    for (int& token : tokens) token = distinct_[rng.Below(distinct_.size())];
+    return tokens;
   }
 
   // `length` tokens: a random document from a random line start on, continued by further random
@@ -165,6 +177,7 @@ class FillerSource {
     std::vector<int64_t> line_starts;
   };
   std::vector<Document> documents_;
+  std::vector<int> distinct_;  // every token id the documents hold, ascending
   std::vector<int> separator_;
 };
 
@@ -172,12 +185,13 @@ class FillerSource {
 constexpr int64_t kRepeatSpanMin = 8;
 constexpr int64_t kRepeatSpanMax = 40;
 
-// A repeat sequence (corpus.h): options.repeat_spans spans of filler, each twice, the second copy
-// at least min_distance tokens after the end of the first.
+// A repeat or random_repeat sequence (corpus.h): options.repeat_spans spans of filler (or random
+// tokens), each twice, the second copy at least min_distance tokens after the end of the first.
 LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSource& filler,
-                                     const LongRangeOptions& options, Rng& rng) {
+                                     const LongRangeOptions& options, LongRangeKind kind,
+                                     Rng& rng) {
   LongRangeSequence sequence;
-  sequence.kind = LongRangeKind::kRepeat;
+  sequence.kind = kind;
   const int64_t T = options.sequence_length;
   // Span lengths, cut short (and fewer spans) where T cannot hold them all twice.
   std::vector<int64_t> lengths;
@@ -222,7 +236,10 @@ LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSou
   });
 
   std::vector<std::vector<int>> spans;
-  for (const int64_t length : lengths) spans.push_back(filler.Take(length, rng));
+  for (const int64_t length : lengths) {
+    spans.push_back(kind == LongRangeKind::kRandomRepeat ? filler.Random(length, rng)
+                                                         : filler.Take(length, rng));
+  }
   const std::vector<int> text = filler.Take(filler_total, rng);
   std::vector<int>& tokens = sequence.tokens;
   tokens.reserve(static_cast<size_t>(T));
@@ -257,7 +274,9 @@ LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSou
 LongRangeSequence MakeOneLongRangeSequence(const Tokenizer& tokenizer, const FillerSource& filler,
                                            const LongRangeOptions& options, Rng& rng) {
   const LongRangeKind kind = options.kinds[rng.Below(options.kinds.size())];
-  if (kind == LongRangeKind::kRepeat) return MakeRepeatSequence(tokenizer, filler, options, rng);
+  if (kind == LongRangeKind::kRepeat || kind == LongRangeKind::kRandomRepeat) {
+    return MakeRepeatSequence(tokenizer, filler, options, kind, rng);
+  }
   LongRangeSequence sequence;
   sequence.kind = kind;
   std::vector<PlantedFact> facts;
@@ -516,6 +535,8 @@ const char* LongRangeKindName(LongRangeKind kind) {
       return "key_value";
     case LongRangeKind::kRepeat:
       return "repeat";
+    case LongRangeKind::kRandomRepeat:
+      return "random_repeat";
   }
   return "unknown";
 }
@@ -534,9 +555,11 @@ std::vector<LongRangeKind> ParseLongRangeKinds(std::string_view list) {
       kind = LongRangeKind::kKeyValue;
     } else if (name == "repeat") {
       kind = LongRangeKind::kRepeat;
+    } else if (name == "random_repeat") {
+      kind = LongRangeKind::kRandomRepeat;
     } else {
       Fail("unknown long-range kind '", name, "' in '", list,
-           "': expected a comma-separated list of pass_key, key_value, repeat");
+           "': expected a comma-separated list of pass_key, key_value, repeat, random_repeat");
     }
     if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) {
       Fail("long-range kind '", name, "' is listed twice in '", list, "'");

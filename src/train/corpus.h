@@ -98,6 +98,8 @@ std::vector<int> ConcatenateDocuments(const std::vector<std::vector<int>>& docum
 // Every token of a repeat after its first is predictable only by finding the earlier copy, the
 // induction-head mechanism that the pass key and key/value questions rely on. The sparse signal of
 // one question per sequence alone did not teach a small model to copy (docs/results.md).
+// `random_repeat` is the same with spans of random tokens (uniform over the ids the filler holds),
+// which nothing but the earlier copy predicts.
 
 // The phrasing of facts and questions, shared with the evaluation tasks (eval/tasks.h) so that
 // they ask what training taught. Keys are "adjective-noun" (1024 of them), values 4 digits, pass
@@ -110,8 +112,9 @@ std::string PassKeyQuestion();  // the answer follows as " 58213."
 std::string KeyValueFact(const std::string& key, const std::string& value);
 std::string KeyValueQuestion(const std::string& key);  // the answer follows as " 7391."
 
-enum class LongRangeKind { kPassKey, kKeyValue, kRepeat };
-const char* LongRangeKindName(LongRangeKind kind);  // "pass_key", "key_value", "repeat"
+enum class LongRangeKind { kPassKey, kKeyValue, kRepeat, kRandomRepeat };
+// "pass_key", "key_value", "repeat", "random_repeat"
+const char* LongRangeKindName(LongRangeKind kind);
 // "pass_key,key_value,repeat" -> the kinds, in that order; throws Error naming an unknown or
 // repeated kind, or an empty list.
 std::vector<LongRangeKind> ParseLongRangeKinds(std::string_view list);
