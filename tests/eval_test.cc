@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 
 #include "engine/engine.h"
@@ -76,6 +77,7 @@ const Task kAllTasks[] = {
 
 TEST_F(EvalTest, TaskNamesRoundTripAndUnknownNamesAreRejected) {
   for (Task task : kAllTasks) EXPECT_EQ(eval::ParseTask(eval::TaskName(task)), task);
+  EXPECT_EQ(eval::ParseTask("copy"), Task::kCopy);
   EXPECT_THAT(ErrorMessage([] { eval::ParseTask("niah"); }),
               HasSubstr("unknown task 'niah'; the tasks are ppl, niah_single"));
 }
@@ -226,6 +228,76 @@ TEST(EvalSummaryTest, MeansPerLengthAndPerDepth) {
   EXPECT_DOUBLE_EQ(by_depth[0].accuracy, 0.5);
   EXPECT_EQ(*by_depth[1].depth, 1.0);
   EXPECT_DOUBLE_EQ(by_depth[1].accuracy, 1.0);
+}
+
+TEST_F(EvalTest, CopySamplesRepeatARandomSpanFromTheDepth) {
+  const eval::Haystack hay = haystack();
+  constexpr int64_t kSpan = eval::kCopySpanTokens;
+  for (double depth : {0.0, 0.5, 1.0}) {
+    const eval::Sample sample = eval::MakeSample(tokenizer(), hay, Task::kCopy, 300, depth, 4);
+    ASSERT_EQ(sample.prompt.size(), 300u);
+    EXPECT_EQ(sample.prompt[0], tokenizer().bos_id());
+    EXPECT_EQ(sample.copy_begin, 300 - kSpan);
+    const std::vector<int> repeat(sample.prompt.end() - kSpan, sample.prompt.end());
+    // The first copy sits at depth x filler: right after BOS at 0, right before the repeat at 1.
+    const int64_t filler = 300 - 1 - 2 * kSpan;
+    const int64_t first = 1 + std::llround(depth * static_cast<double>(filler));
+    EXPECT_TRUE(std::equal(repeat.begin(), repeat.end(), sample.prompt.begin() + first));
+    EXPECT_EQ(sample.distance, filler - (first - 1));
+    ASSERT_EQ(sample.answers.size(), 1u);
+    EXPECT_EQ(sample.answers[0], tokenizer().Decode(std::span<const int>(repeat).subspan(1)));
+  }
+  EXPECT_EQ(eval::MakeSample(tokenizer(), hay, Task::kCopy, 300, 1.0, 4).distance, 0);
+  // Random spans: uniform over the held-out text's ids, so 20 spans use nearly all of them.
+  std::set<int> ids;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    const eval::Sample sample = eval::MakeSample(tokenizer(), hay, Task::kCopy, 100, 0.5, seed);
+    ids.insert(sample.prompt.end() - kSpan, sample.prompt.end());
+  }
+  std::set<int> text_ids(stream_.begin(), stream_.end());
+  text_ids.erase(tokenizer().bos_id());
+  text_ids.erase(tokenizer().eos_id());
+  for (const int id : ids) EXPECT_EQ(text_ids.count(id), 1u) << id;
+  EXPECT_GE(ids.size(), text_ids.size() * 9 / 10);  // 320 uniform draws cover nearly all
+  EXPECT_THAT(ErrorMessage([&] { eval::MakeSample(tokenizer(), hay, Task::kCopy, 32, 0, 1); }),
+              HasSubstr("context length 32 is too short for copy"));
+}
+
+// A copy sample's score is the share of its repeat (after the first token) that the greedy
+// prediction of the reference forward gets right; its output is those predictions.
+TEST_F(EvalTest, CopyScoreIsTheGreedyHitRateOfTheReferenceForward) {
+  const ModelConfig config =
+      MakePresetConfig("ma-pairs", testing::TinyShape(8, 16, tokenizer().vocab_size(), 512));
+  const ModelWeights weights = RandomWeights(config, 9);
+  const eval::Haystack hay = haystack();
+  std::vector<eval::Sample> samples;
+  for (int64_t length : {64, 150})
+    for (uint64_t seed = 0; seed < 3; ++seed)
+      samples.push_back(eval::MakeSample(tokenizer(), hay, Task::kCopy, length, 0.3, seed));
+  samples.push_back(eval::MakeSample(tokenizer(), hay, Task::kNiahSingle, 150, 0.5, 1));
+  EngineOptions options;
+  options.weights_dtype = DType::kF32;
+  options.kv_dtype = DType::kF32;
+  options.prefill_chunk = 32;
+  const std::vector<eval::SampleOutcome> outcomes =
+      eval::RunSamples(config, weights, tokenizer(), samples, options);
+  ASSERT_EQ(outcomes.size(), samples.size());
+  for (size_t i = 0; i + 1 < samples.size(); ++i) {
+    const eval::Sample& sample = samples[i];
+    const Tensor logits = ReferenceForward(config, weights, sample.prompt);
+    const int64_t vocab = config.vocab_size;
+    std::vector<int> predicted;
+    int64_t correct = 0;
+    for (int64_t t = sample.copy_begin; t + 1 < sample.length; ++t) {
+      const float* row = logits.data.data() + t * vocab;
+      predicted.push_back(static_cast<int>(std::max_element(row, row + vocab) - row));
+      correct += predicted.back() == sample.prompt[static_cast<size_t>(t + 1)];
+    }
+    EXPECT_EQ(outcomes[i].output, tokenizer().Decode(predicted)) << i;
+    EXPECT_DOUBLE_EQ(outcomes[i].score, static_cast<double>(correct) / (eval::kCopySpanTokens - 1));
+  }
+  // The question task in the same run still generates.
+  EXPECT_FALSE(outcomes.back().output.empty());
 }
 
 // Perplexity through the engine's runner and paged cache equals the double-precision reference

@@ -35,7 +35,7 @@ struct EvalOptions {
   std::string data;  // default: the model directory
   std::vector<std::string> tasks = {
       "ppl", "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt",
-      "cwe", "fwe"};
+      "cwe", "fwe",         "copy"};
   std::vector<int64_t> lengths = {512, 1024, 2048};
   std::vector<double> depths = {0.0, 0.25, 0.5, 0.75, 1.0};
   int64_t samples = 20;
@@ -333,7 +333,8 @@ void RegisterEvalCommand(CLI::App& app) {
   command
       ->add_option("--tasks", options->tasks,
                    "comma-separated: ppl, niah_single, niah_multikey, niah_multivalue, "
-                   "niah_multiquery, vt, cwe, fwe")
+                   "niah_multiquery, vt, cwe, fwe, copy (the share of a repeated span of random "
+                   "tokens predicted from its first copy)")
       ->delimiter(',')
       ->capture_default_str();
   command->add_option("--lengths", options->lengths, "context lengths in tokens, comma-separated")

@@ -39,7 +39,9 @@ using Progress = std::function<void(int64_t done, int64_t total)>;
 
 // Runs every sample through one engine with greedy decoding, stopping at a newline, the end of
 // sequence or the sample's max_tokens; returns the outcomes in sample order. The engine options
-// decide memory and batching; requests are admitted as memory allows.
+// decide memory and batching; requests are admitted as memory allows. copy samples generate
+// nothing: their prompts run teacher-forced through the model runner, the output is the greedy
+// prediction of each repeated token and the score the fraction predicted right.
 std::vector<SampleOutcome> RunSamples(const ModelConfig& config, const ModelWeights& weights,
                                       const Tokenizer& tokenizer, std::span<const Sample> samples,
                                       const EngineOptions& engine_options,

@@ -15,7 +15,8 @@ namespace mixattn::eval {
 namespace {
 
 const std::vector<std::string> kTaskNames = {
-    "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"};
+    "niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe",
+    "fwe",         "copy"};
 
 // Ordinary English nouns for cwe's word lists.
 constexpr std::array<const char*, 64> kWordPool = {
@@ -112,6 +113,37 @@ auto AnchorAtDepth(double depth, Rng& rng) {
               : static_cast<int64_t>(rng.Below(static_cast<uint64_t>(filler_total + 1)));
     }
   };
+}
+
+// BOS, haystack text with the span at depth * filler, the span again.
+Sample CopySample(const Tokenizer& tokenizer, const Haystack& haystack, int64_t length,
+                  double depth, uint64_t seed) {
+  const int64_t fixed = 1 + 2 * kCopySpanTokens;
+  if (length < fixed) {
+    Fail("context length ", length, " is too short for copy: BOS and two copies of its ",
+         kCopySpanTokens, "-token span take ", fixed, " tokens");
+  }
+  Rng rng(SubSeed(seed, 0));
+  const std::vector<int> span = haystack.RandomTokens(kCopySpanTokens, rng);
+  const int64_t filler_total = length - fixed;
+  const auto offset = static_cast<int64_t>(std::llround(depth * static_cast<double>(filler_total)));
+  const std::vector<int> filler = haystack.Take(filler_total, SubSeed(seed, 1));
+  Sample sample;
+  sample.task = Task::kCopy;
+  sample.length = length;
+  sample.depth = depth;
+  sample.answers = {tokenizer.Decode(std::span<const int>(span).subspan(1))};
+  std::vector<int>& prompt = sample.prompt;
+  prompt.reserve(static_cast<size_t>(length));
+  prompt.push_back(tokenizer.bos_id());
+  prompt.insert(prompt.end(), filler.begin(), filler.begin() + offset);
+  prompt.insert(prompt.end(), span.begin(), span.end());
+  prompt.insert(prompt.end(), filler.begin() + offset, filler.end());
+  sample.distance = filler_total - offset;
+  sample.copy_begin = static_cast<int64_t>(prompt.size());
+  prompt.insert(prompt.end(), span.begin(), span.end());
+  MIXATTN_CHECK(static_cast<int64_t>(prompt.size()) == length);
+  return sample;
 }
 
 // `count` distinct keys.
@@ -316,6 +348,15 @@ Haystack::Haystack(const Tokenizer& tokenizer, std::vector<int> stream, int64_t 
   }
   while (!line_starts_.empty() && line_starts_.back() >= static_cast<int64_t>(text_.size()))
     line_starts_.pop_back();
+  distinct_ = text_;
+  std::sort(distinct_.begin(), distinct_.end());
+  distinct_.erase(std::unique(distinct_.begin(), distinct_.end()), distinct_.end());
+}
+
+std::vector<int> Haystack::RandomTokens(int64_t count, Rng& rng) const {
+  std::vector<int> tokens(static_cast<size_t>(std::max<int64_t>(count, 0)));
+  for (int& token : tokens) token = distinct_[rng.Below(distinct_.size())];
+  return tokens;
 }
 
 std::vector<int> Haystack::Take(int64_t count, uint64_t seed) const {
@@ -411,6 +452,8 @@ Sample MakeSample(const Tokenizer& tokenizer, const Haystack& haystack, Task tas
       return CommonWordsSample(tokenizer, length, seed);
     case Task::kFwe:
       return FrequentWordsSample(tokenizer, length, seed);
+    case Task::kCopy:
+      return CopySample(tokenizer, haystack, length, depth, seed);
   }
   MIXATTN_CHECK(false);
   return {};

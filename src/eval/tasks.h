@@ -22,6 +22,15 @@
 //                    many times and the rest a few times; the ten are asked for      (aggregation)
 //   fwe              frequent-words extraction: coded words drawn from a Zipf distribution;
 //                    the three most frequent are asked for                            (aggregation)
+//   copy             in-context copying: a span of 16 random tokens (drawn uniformly from the
+//                    held-out text's ids) at the depth and again at the end of the prompt; no
+//                    generation: the score is the fraction of the repeat's last 15 tokens the
+//                    model predicts (greedy, teacher-forced) from what precedes them. Nothing
+//                    but the first copy predicts them (chance: about 1 / 4000), so the score
+//                    measures retrieval by distance on a continuous scale, even for a model
+//                    too small to answer the question tasks. Not a RULER task: it is the
+//                    induction measure of Olsson et al. 2022 ("In-context learning and
+//                    induction heads"), on random tokens, made into a score in [0, 1].
 //
 // The score of a sample is the fraction of its expected strings found in the output as whole
 // words (RULER's string_match_all). cwe and fwe have no needle, so no depth.
@@ -36,11 +45,21 @@
 #include <string_view>
 #include <vector>
 
+#include "core/random.h"
 #include "tokenizer/tokenizer.h"
 
 namespace mixattn::eval {
 
-enum class Task { kNiahSingle, kNiahMultikey, kNiahMultivalue, kNiahMultiquery, kVt, kCwe, kFwe };
+enum class Task {
+  kNiahSingle,
+  kNiahMultikey,
+  kNiahMultivalue,
+  kNiahMultiquery,
+  kVt,
+  kCwe,
+  kFwe,
+  kCopy
+};
 
 // Command-line names, in the order above.
 const std::vector<std::string>& TaskNames();
@@ -59,7 +78,12 @@ struct Sample {
   int64_t max_tokens = 0;            // enough for a correct answer and its end
   // Tokens between the end of the (first) queried fact and the start of the question.
   int64_t distance = 0;
+  // copy: where the repeated span starts in the prompt; its tokens after the first are scored.
+  int64_t copy_begin = 0;
 };
+
+// Tokens of the span a copy sample repeats.
+inline constexpr int64_t kCopySpanTokens = 16;
 
 // Held-out text to hide needles in: a token stream of documents (BOS ... EOS), such as a data
 // directory's val.bin, with documents joined by blank lines.
@@ -71,10 +95,13 @@ class Haystack {
   // `count` consecutive text tokens (BOS/EOS removed) starting at a line start chosen by
   // `seed`; wraps around the end of the stream.
   std::vector<int> Take(int64_t count, uint64_t seed) const;
+  // `count` ids drawn independently and uniformly from the distinct ids of the text.
+  std::vector<int> RandomTokens(int64_t count, Rng& rng) const;
   int64_t size() const { return static_cast<int64_t>(text_.size()); }
 
  private:
   std::vector<int> text_;
+  std::vector<int> distinct_;  // the ids text_ holds, ascending
   std::vector<int64_t> line_starts_;
 };
 
