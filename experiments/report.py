@@ -10,7 +10,7 @@ Reads, for every preset directory under --experiment that holds eval.json: the e
                    (with its 95% interval in a second table), KV bytes per sequence at the longest
                    length, decode tokens/s
   accuracy.png     accuracy against context length, one panel per task, one line per preset
-  depth.png        niah_single accuracy by needle depth at the longest length, per preset
+  depth.png        niah_single accuracy and copy score by distance at the longest length, per preset
   loss.png         validation loss curves of all presets
   summary.json     everything above as numbers
 Presets missing an eval.json are listed as not run yet.
@@ -26,7 +26,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 PRESETS = ["standard", "all-sliding", "ma", "ma-endslide", "ma-offset", "ma-pairs",
            "ma-offset-slideshare", "ma-pairs-slideshare", "characterai"]
-TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe"]
+TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe",
+         "copy"]
 
 
 def load(experiment):
@@ -123,7 +124,7 @@ def main():
     colours = plt.cm.tab10.colors
     styles = {p: (colours[i % 10], "-" if i < 10 else "--") for i, p in enumerate(PRESETS)}
 
-    fig, axes = plt.subplots(2, 4, figsize=(18, 8), sharey=True)
+    fig, axes = plt.subplots(3, 3, figsize=(15, 11), sharey=True)
     for ax, task in zip(axes.flat, TASKS):
         for preset, run in runs.items():
             rows = sorted((t for t in run["eval"]["tasks"] if t["task"] == task),
@@ -149,26 +150,30 @@ def main():
     fig.savefig(os.path.join(args.out, "accuracy.png"), dpi=90)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for preset, run in runs.items():
-        rows = sorted((t for t in run["eval"]["by_depth"]
-                       if t["task"] == "niah_single" and t["length"] == longest),
-                      key=lambda t: t["depth"])
-        ax.plot([r["mean_distance"] for r in rows], [r["accuracy"] for r in rows], marker="o",
-                label=preset, color=styles[preset][0])
     config_path = os.path.join(args.experiment, next(iter(runs)), "config.json")
     with open(config_path) as f:
         config = json.load(f)
     windows = [w for w in config["sliding_window"] if w]
-    if windows:
-        field = config["num_hidden_layers"] * (windows[0] - 1)
-        ax.axvline(field, color="grey", linestyle=":")
-        ax.text(field, 1.02, " all-sliding receptive field", color="grey", fontsize=8)
-    ax.set_xlabel(f"tokens between the pass key and the question (length {longest})")
-    ax.set_ylabel("niah_single accuracy")
-    ax.set_ylim(-0.05, 1.1)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5))
+    for ax, task in zip(axes, ["niah_single", "copy"]):
+        for preset, run in runs.items():
+            rows = sorted((t for t in run["eval"]["by_depth"]
+                           if t["task"] == task and t["length"] == longest),
+                          key=lambda t: t["mean_distance"])
+            if rows:
+                ax.plot([r["mean_distance"] for r in rows], [r["accuracy"] for r in rows],
+                        marker="o", label=preset, color=styles[preset][0])
+        if windows:
+            field = config["num_hidden_layers"] * (windows[0] - 1)
+            ax.axvline(field, color="grey", linestyle=":")
+            ax.text(field, 1.02, " all-sliding receptive field", color="grey", fontsize=8)
+        what = "the pass key and the question" if task == "niah_single" else "the span and its repeat"
+        ax.set_xlabel(f"tokens between {what} (length {longest})")
+        ax.set_ylabel(f"{task} " + ("accuracy" if task == "niah_single" else
+                                    "(share of repeated tokens predicted)"))
+        ax.set_ylim(-0.05, 1.1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "depth.png"), dpi=90)
     plt.close(fig)
