@@ -33,6 +33,7 @@
 #include "core/units.h"
 #include "model/kv_plan.h"
 #include "model/model_dir.h"
+#include "model/presets.h"
 #include "train/checkpoint.h"
 #include "train/token_shards.h"
 #include "train/trainer.h"
@@ -57,8 +58,28 @@ struct TrainCommandOptions {
   int keep = 3;
   std::string save_dtype = "bf16";
   bool resume = false;
+  std::string init_from;  // a model directory or checkpoint file to start from
   bool json = false;
 };
+
+struct InitialWeights {
+  ModelConfig config;
+  ModelWeights weights;  // f32
+};
+
+// --init-from: a model directory (config.json + model.safetensors) or a checkpoint file.
+InitialWeights LoadInitialWeights(const std::string& path) {
+  std::error_code error;
+  const fs::file_status status = fs::status(path, error);
+  if (status.type() == fs::file_type::not_found)
+    Fail("--init-from ", path, " does not exist (give a model directory or a checkpoint file)");
+  if (fs::is_directory(status)) {
+    LoadedModel model = LoadModelDir(path);
+    return {std::move(model.config), std::move(model.weights)};
+  }
+  Checkpoint checkpoint = LoadCheckpoint(path);
+  return {std::move(checkpoint.config), std::move(checkpoint.params)};
+}
 
 ModelShape TrainDefaults() {
   ModelShape shape;  // the reference model: about 8M parameters at vocab 8192
@@ -244,6 +265,18 @@ void RunTrain(const ModelSource& source, TrainCommandOptions options, CLI::App& 
   if (latest) {
     resumed_from.reset();  // free its memory; Resume reads the file again
     trainer.emplace(Trainer::Resume(*latest, options.trainer, data, world));
+  } else if (!options.init_from.empty()) {
+    auto [from_config, weights] = LoadInitialWeights(options.init_from);
+    if (ConfigToJson(from_config) != ConfigToJson(config)) {
+      Fail("--init-from ", options.init_from, ": its model (", from_config.num_layers(),
+           " layers, ", LayoutString(from_config.layers), ", hidden ", from_config.hidden_size,
+           ", vocab ", from_config.vocab_size, ") differs from the one this run trains (",
+           config.num_layers(), " layers, ", LayoutString(config.layers), ", hidden ",
+           config.hidden_size, ", vocab ", config.vocab_size,
+           "); give the same --preset and shape flags, or leave them out with --config ",
+           options.init_from, fs::is_directory(options.init_from) ? "/config.json" : "");
+    }
+    trainer.emplace(config, std::move(weights), options.trainer, data, world);
   } else {
     trainer.emplace(config, options.trainer, data, world);
   }
@@ -253,8 +286,9 @@ void RunTrain(const ModelSource& source, TrainCommandOptions options, CLI::App& 
       {"eval_batches", options.eval_batches},
       {"save_every", options.save_every},
       {"keep", options.keep},
-      {"save_dtype",
-       options.save_dtype}}.dump());
+      {"save_dtype", options.save_dtype},
+      {"init_from",
+       options.init_from}}.dump());
 
   std::optional<JsonlLog> log;
   if (root) {
@@ -387,6 +421,12 @@ void RegisterTrainCommand(CLI::App& app) {
       ->required();
   command->add_flag("--resume", options->resume,
                     "continue the run in --out from its latest checkpoint");
+  command->add_option("--init-from", options->init_from,
+                      "start from these weights instead of random ones: a model directory "
+                      "(bf16 weights are widened to f32) or another run's checkpoint file; its "
+                      "model must be the one this run trains. Optimizer state, step and schedule "
+                      "start afresh. Used when the run starts; --resume continues from the "
+                      "run's own checkpoint");
   auto* run = command->add_option_group("Run");
   run->add_option("--steps", t.steps, "optimizer steps of the whole run")->capture_default_str();
   run->add_option("--batch", t.batch, "sequences per micro-batch on each rank")

@@ -64,6 +64,9 @@ class Trainer {
   // A new run from random weights (RandomWeights(config, options.seed)).
   Trainer(const ModelConfig& config, const TrainerOptions& options, const TrainingData& data,
           const Distributed& world);
+  // A new run from the given weights (f32, the tensors of config), e.g. another run's model.
+  Trainer(const ModelConfig& config, ModelWeights params, const TrainerOptions& options,
+          const TrainingData& data, const Distributed& world);
   // A run continued from a checkpoint file written by SaveCheckpointTo. Throws Error when the
   // checkpoint's data (tokenizer, shard sizes) does not match `data` or `options` differs from
   // the options the run was started with (naming the option).
@@ -90,8 +93,6 @@ class Trainer {
   int64_t tokens_per_step() const;
 
  private:
-  Trainer(const ModelConfig& config, ModelWeights params, const TrainerOptions& options,
-          const TrainingData& data, const Distributed& world);
   std::string StateJson() const;
 
   ModelConfig config_;

@@ -177,6 +177,48 @@ def test_mpi_matches_single_process(mixattn, data, work):
     check(diff <= 1e-5 * norm, f"weights after 6 steps agree (|a - b| / |a| = {diff / norm:.2e})")
 
 
+def test_init_from(mixattn, data, work):
+    """--init-from starts a new run from another run's weights (checkpoint or model directory)."""
+    source = os.path.join(work, "run")  # finished by test_run_files_and_learning: 30 steps
+    source_steps, source_vals = read_log(source)
+    checkpoint = os.path.join(source, "checkpoints", "checkpoint-00000030.safetensors")
+    out = os.path.join(work, "init-ckpt")
+    result = run(mixattn, *train_args(data, out, 5, "--init-from", checkpoint))
+    check(result.returncode == 0, f"--init-from a checkpoint trains ({result.stderr[-500:]})")
+    steps, vals = read_log(out)
+    # The same f32 weights on the same validation windows: the same loss, exactly.
+    check(vals.get(0) == source_vals[30],
+          f"validation before step 1 equals the source's at its end ({vals.get(0)} vs {source_vals[30]})")
+    check(steps[1]["loss"] < source_steps[1]["loss"] - 0.5,
+          f"the first step starts from trained weights ({steps[1]['loss']:.3f} vs random "
+          f"{source_steps[1]['loss']:.3f})")
+    check(steps[1]["lr"] < steps[3]["lr"], "a fresh warm-up: the schedule starts afresh")
+
+    # A model directory: bf16 weights widened, so close to the source's loss but not exact.
+    out_dir = os.path.join(work, "init-dir")
+    result = run(mixattn, *train_args(data, out_dir, 5, "--init-from", source))
+    check(result.returncode == 0, f"--init-from a model directory trains ({result.stderr[-500:]})")
+    _, dir_vals = read_log(out_dir)
+    check(abs(dir_vals[0] - source_vals[30]) < 0.05,
+          f"bf16 weights give about the source's validation loss ({dir_vals[0]} vs {source_vals[30]})")
+    # The starting command again with --resume: the run's own checkpoint wins (it is finished,
+    # so nothing is trained and nothing is overwritten by the source's weights).
+    before = read_safetensors(os.path.join(out_dir, "model.safetensors"))
+    again = run(mixattn, *train_args(data, out_dir, 5, "--init-from", source, "--resume"))
+    check(again.returncode == 0 and sorted(read_log(out_dir)[0]) == list(range(1, 6)),
+          f"--resume with --init-from continues the run ({again.stderr[-300:]})")
+    check(read_safetensors(os.path.join(out_dir, "model.safetensors")) == before,
+          "--resume keeps the run's own weights")
+
+    other = train_args(data, os.path.join(work, "init-other"), 5, "--init-from", checkpoint)
+    other[other.index("ma-pairs")] = "standard"
+    expect_error(mixattn, other, "differs from the one this run trains",
+                 "--init-from a model of another layout")
+    expect_error(mixattn, train_args(data, os.path.join(work, "init-none"), 5, "--init-from",
+                                     os.path.join(work, "missing")),
+                 "does not exist", "--init-from a missing path")
+
+
 def expect_error(mixattn, args, needle, what):
     result = run(mixattn, *args)
     check(result.returncode != 0 and needle in result.stderr,
@@ -229,6 +271,7 @@ def main():
     test_sigterm_saves_and_exits(args.mixattn, data, args.workdir)
     if not args.skip_mpi:
         test_mpi_matches_single_process(args.mixattn, data, args.workdir)
+    test_init_from(args.mixattn, data, args.workdir)
     test_errors(args.mixattn, data, args.workdir)
     sys.exit(summary())
 
