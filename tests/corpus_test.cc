@@ -228,15 +228,25 @@ TEST_F(CorpusTokenizerTest, ConcatenationFollowsTheOrder) {
 
 class CorpusLongRangeTest : public CorpusTokenizerTest {
  protected:
-  std::vector<LongRangeSequence> Make(int64_t length, int64_t count, int64_t min_distance,
-                                      uint64_t seed) {
+  static LongRangeOptions Options(int64_t length, int64_t count, int64_t min_distance,
+                                  uint64_t seed,
+                                  std::vector<LongRangeKind> kinds = LongRangeOptions{}.kinds) {
     LongRangeOptions options;
     options.sequence_length = length;
     options.count = count;
     options.min_distance = min_distance;
+    options.kinds = std::move(kinds);
     options.seed = seed;
+    return options;
+  }
+  // Sequences with the corpus's documents as filler.
+  std::vector<LongRangeSequence> Make(const LongRangeOptions& options) {
     return MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_),
                                   options);
+  }
+  std::vector<LongRangeSequence> Make(int64_t length, int64_t count, int64_t min_distance,
+                                      uint64_t seed) {
+    return Make(Options(length, count, min_distance, seed));
   }
   std::string Text(const LongRangeSequence& s, int64_t begin, int64_t end) {
     return tokenizer_->Decode(std::span<const int>(s.tokens).subspan(
@@ -339,14 +349,8 @@ TEST_F(CorpusLongRangeTest, DeterministicForASeed) {
 }
 
 TEST_F(CorpusLongRangeTest, RepeatSequencesRepeatSpansAtLeastMinDistanceLater) {
-  LongRangeOptions options;
-  options.sequence_length = 512;
-  options.count = 40;
-  options.min_distance = 100;
-  options.kinds = {LongRangeKind::kRepeat};
-  options.seed = 7;
-  const std::vector<LongRangeSequence> sequences =
-      MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_), options);
+  LongRangeOptions options = Options(512, 40, 100, 7, {LongRangeKind::kRepeat});
+  const std::vector<LongRangeSequence> sequences = Make(options);
   ASSERT_EQ(sequences.size(), 40u);
   for (const LongRangeSequence& s : sequences) {
     ASSERT_EQ(s.kind, LongRangeKind::kRepeat);
@@ -388,8 +392,7 @@ TEST_F(CorpusLongRangeTest, RepeatSequencesRepeatSpansAtLeastMinDistanceLater) {
   LongRangeOptions pass_keys = options;
   pass_keys.kinds = {LongRangeKind::kPassKey};
   const double repeat_share = copyable_share(sequences);
-  const double pass_key_share = copyable_share(
-      MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_), pass_keys));
+  const double pass_key_share = copyable_share(Make(pass_keys));
   EXPECT_GT(repeat_share, pass_key_share + 0.15) << repeat_share << " vs " << pass_key_share;
 
   // A short T gets fewer or shorter spans; one too short for a single 8-token span fails clearly.
@@ -403,20 +406,11 @@ TEST_F(CorpusLongRangeTest, RepeatSequencesRepeatSpansAtLeastMinDistanceLater) {
     EXPECT_GE(s.distance(), 20);
   }
   options.sequence_length = 30;
-  EXPECT_THAT(ErrorMessage([&] {
-                MakeLongRangeSequences(*tokenizer_, TokenizeDocuments(*tokenizer_, *documents_),
-                                       options);
-              }),
-              HasSubstr("so at least 38"));
+  EXPECT_THAT(ErrorMessage([&] { Make(options); }), HasSubstr("so at least 38"));
 }
 
 TEST_F(CorpusLongRangeTest, RandomRepeatSpansAreRandomTokensOfTheFiller) {
-  LongRangeOptions options;
-  options.sequence_length = 256;
-  options.count = 30;
-  options.min_distance = 10;
-  options.kinds = {LongRangeKind::kRandomRepeat};
-  options.seed = 9;
+  const LongRangeOptions options = Options(256, 30, 10, 9, {LongRangeKind::kRandomRepeat});
   const std::vector<std::vector<int>> filler = TokenizeDocuments(*tokenizer_, *documents_);
   std::set<int> filler_ids;
   for (const std::vector<int>& document : filler)

@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -264,27 +265,28 @@ void RunData(const DataOptions& options) {
         MakeLongRangeSequences(tokenizer, filler, long_options);
     std::vector<int> stream;
     stream.reserve(sequences.size() * static_cast<size_t>(options.long_range_length));
-    Json kind_counts = Json::object();
-    for (const LongRangeKind kind : long_range_kinds) kind_counts[LongRangeKindName(kind)] = 0;
+    std::map<LongRangeKind, int64_t> kind_counts;
     int64_t min_distance = INT64_MAX, max_distance = 0;
     double sum_distance = 0;
     for (const LongRangeSequence& sequence : sequences) {
       stream.insert(stream.end(), sequence.tokens.begin(), sequence.tokens.end());
-      kind_counts[LongRangeKindName(sequence.kind)] =
-          kind_counts[LongRangeKindName(sequence.kind)].get<int64_t>() + 1;
+      ++kind_counts[sequence.kind];
       min_distance = std::min(min_distance, sequence.distance());
       max_distance = std::max(max_distance, sequence.distance());
       sum_distance += static_cast<double>(sequence.distance());
     }
     WriteTokenShard((out_dir / "train_longrange.bin").string(), stream, vocab_size,
                     tokenizer_sha256, options.long_range_length);
+    Json kinds = Json::object();
+    for (const LongRangeKind kind : long_range_kinds)
+      kinds[LongRangeKindName(kind)] = kind_counts[kind];
     const auto count = static_cast<int64_t>(sequences.size());
     shards["train_longrange"] =
         ShardJson("train_longrange.bin", static_cast<int64_t>(stream.size()), count);
     long_range = {{"ratio", options.long_range_ratio},
                   {"sequence_length", options.long_range_length},
                   {"sequences", count},
-                  {"kinds", kind_counts},
+                  {"kinds", kinds},
                   {"key_value_pairs", long_options.key_value_pairs},
                   {"repeat_spans", long_options.repeat_spans},
                   {"min_distance", options.long_range_min_distance},

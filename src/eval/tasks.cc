@@ -354,9 +354,7 @@ Haystack::Haystack(const Tokenizer& tokenizer, std::vector<int> stream, int64_t 
 }
 
 std::vector<int> Haystack::RandomTokens(int64_t count, Rng& rng) const {
-  std::vector<int> tokens(static_cast<size_t>(std::max<int64_t>(count, 0)));
-  for (int& token : tokens) token = distinct_[rng.Below(distinct_.size())];
-  return tokens;
+  return mixattn::RandomTokens(distinct_, count, rng);
 }
 
 std::vector<int> Haystack::Take(int64_t count, uint64_t seed) const {

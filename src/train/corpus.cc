@@ -140,9 +140,7 @@ class FillerSource {
   // `length` tokens drawn independently and uniformly from the distinct tokens of the documents:
   // text that no language model predicts.
   std::vector<int> Random(int64_t length, Rng& rng) const {
-    std::vector<int> tokens(static_cast<size_t>(length));
-    for (int& token : tokens) token = distinct_[rng.Below(distinct_.size())];
-    return tokens;
+    return RandomTokens(distinct_, length, rng);
   }
 
   // `length` tokens: a random document from a random line start on, continued by further random
@@ -525,6 +523,13 @@ std::string KeyValueFact(const std::string& key, const std::string& value) {
 
 std::string KeyValueQuestion(const std::string& key) {
   return "\nWhat is the value of key '" + key + "'? The value of key '" + key + "' is";
+}
+
+std::vector<int> RandomTokens(std::span<const int> alphabet, int64_t count, Rng& rng) {
+  MIXATTN_CHECK(!alphabet.empty());
+  std::vector<int> tokens(static_cast<size_t>(std::max<int64_t>(count, 0)));
+  for (int& token : tokens) token = alphabet[rng.Below(alphabet.size())];
+  return tokens;
 }
 
 const char* LongRangeKindName(LongRangeKind kind) {

@@ -112,6 +112,10 @@ std::string PassKeyQuestion();  // the answer follows as " 58213."
 std::string KeyValueFact(const std::string& key, const std::string& value);
 std::string KeyValueQuestion(const std::string& key);  // the answer follows as " 7391."
 
+// `count` ids drawn independently and uniformly from `alphabet` (distinct ids, not empty): text
+// that nothing but an earlier copy predicts (random_repeat spans; eval's copy task).
+std::vector<int> RandomTokens(std::span<const int> alphabet, int64_t count, Rng& rng);
+
 enum class LongRangeKind { kPassKey, kKeyValue, kRepeat, kRandomRepeat };
 // "pass_key", "key_value", "repeat", "random_repeat"
 const char* LongRangeKindName(LongRangeKind kind);
