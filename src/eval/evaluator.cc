@@ -118,7 +118,10 @@ std::vector<SampleOutcome> RunSamples(const ModelConfig& config, const ModelWeig
   for (size_t i = 0; i < samples.size(); ++i) {
     if (samples[i].task == Task::kCopy) copies[samples[i].length].push_back(i);
   }
-  for (const auto& [length, indices] : copies) {
+  for (const auto& entry : copies) {
+    // Named copies, not structured bindings: clang (the fuzz build) cannot capture those.
+    const int64_t length = entry.first;
+    const std::vector<size_t>& indices = entry.second;
     std::vector<std::vector<int>> predicted(indices.size());
     const int64_t done_before = done;
     ForEachLogitsRow(
