@@ -268,7 +268,7 @@ TEST_F(EvalTest, CopySamplesRepeatARandomSpanFromTheDepth) {
 TEST_F(EvalTest, CopyScoreIsTheGreedyHitRateOfTheReferenceForward) {
   const ModelConfig config =
       MakePresetConfig("ma-pairs", testing::TinyShape(8, 16, tokenizer().vocab_size(), 512));
-  const ModelWeights weights = RandomWeights(config, 9);
+  const ModelWeights weights = RandomWeights(config, 10);
   const eval::Haystack hay = haystack();
   std::vector<eval::Sample> samples;
   for (int64_t length : {64, 150})
@@ -296,8 +296,19 @@ TEST_F(EvalTest, CopyScoreIsTheGreedyHitRateOfTheReferenceForward) {
     EXPECT_EQ(outcomes[i].output, tokenizer().Decode(predicted)) << i;
     EXPECT_DOUBLE_EQ(outcomes[i].score, static_cast<double>(correct) / (eval::kCopySpanTokens - 1));
   }
-  // The question task in the same run still generates.
-  EXPECT_FALSE(outcomes.back().output.empty());
+  // The question task in the same run still generates greedily: its answer starts with the
+  // reference forward's argmax after the prompt (the weights are chosen so that it is neither EOS
+  // nor the newline that ends an answer).
+  const std::vector<int>& question = samples.back().prompt;
+  const Tensor logits = ReferenceForward(config, weights, question);
+  const float* last =
+      logits.data.data() + (static_cast<int64_t>(question.size()) - 1) * config.vocab_size;
+  const int first = static_cast<int>(std::max_element(last, last + config.vocab_size) - last);
+  ASSERT_NE(first, tokenizer().eos_id());
+  const std::vector<int> first_token = {first};
+  const std::string first_text = tokenizer().Decode(first_token);
+  ASSERT_EQ(first_text.find('\n'), std::string::npos);
+  EXPECT_THAT(outcomes.back().output, HasSubstr(first_text));
 }
 
 // Perplexity through the engine's runner and paged cache equals the double-precision reference

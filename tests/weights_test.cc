@@ -58,6 +58,34 @@ TEST(WeightsTest, RandomWeightsAreDeterministic) {
   EXPECT_NE(a.layers[3].q_proj.data, c.layers[3].q_proj.data);
 }
 
+// residual_scale multiplies the residual branches' output projections and nothing else: the same
+// draws, so every other tensor is bit-identical.
+TEST(WeightsTest, ResidualScaleScalesOnlyOutputProjections) {
+  const ModelConfig config = SmallConfig("standard");
+  const ModelWeights unscaled = RandomWeights(config, 42);
+  const ModelWeights scaled = RandomWeights(config, 42, /*norm_jitter=*/0.0, 0.25);
+  for (size_t l = 0; l < unscaled.layers.size(); ++l) {
+    const auto& a = unscaled.layers[l];
+    const auto& b = scaled.layers[l];
+    ASSERT_EQ(a.o_proj.data.size(), b.o_proj.data.size());
+    for (size_t i = 0; i < a.o_proj.data.size(); ++i)
+      EXPECT_FLOAT_EQ(b.o_proj.data[i], 0.25f * a.o_proj.data[i]);
+    for (size_t i = 0; i < a.down_proj.data.size(); ++i)
+      EXPECT_FLOAT_EQ(b.down_proj.data[i], 0.25f * a.down_proj.data[i]);
+    EXPECT_EQ(a.q_proj.data, b.q_proj.data);
+    EXPECT_EQ(a.up_proj.data, b.up_proj.data);
+  }
+  EXPECT_EQ(unscaled.embed_tokens.data, scaled.embed_tokens.data);
+  // The default scale is 1: o_proj has the N(0, 1/H_in) spread of every other projection.
+  double sum_sq = 0;
+  size_t n = 0;
+  for (const auto& layer : unscaled.layers) {
+    for (float w : layer.o_proj.data) sum_sq += double{w} * w;
+    n += layer.o_proj.data.size();
+  }
+  EXPECT_NEAR(std::sqrt(sum_sq / static_cast<double>(n)), 1.0 / std::sqrt(16.0), 0.02);
+}
+
 TEST(WeightsTest, ModelDirRoundTripF32AndBf16) {
   const TempDir dir;
   const ModelConfig config = SmallConfig("characterai", false);

@@ -436,6 +436,11 @@ void RegisterTrainCommand(CLI::App& app) {
       ->capture_default_str();
   run->add_option("--seed", t.seed, "seed of the initial weights and of the data order")
       ->capture_default_str();
+  run->add_option(
+         "--init-residual-scale", t.init_residual_scale,
+         "scale of the random o_proj and down_proj weights (GPT-2 uses 1/sqrt(2 * layers), "
+         "which kept 8- and 12-layer models from learning to copy; docs/results.md)")
+      ->capture_default_str();
   run->add_option("--long-range-mix", t.long_range_fraction,
                   "fraction of sequences from train_longrange.bin (default: its token share)");
   run->add_option("--matmul", options->matmul,

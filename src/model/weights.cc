@@ -120,10 +120,10 @@ void SaveWeights(const std::string& path, const ModelWeights& weights, DType dty
   WriteSafetensors(path, items, {{"format", "pt"}, {"producer", "mixattn"}});
 }
 
-ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, double norm_jitter) {
+ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, double norm_jitter,
+                           double residual_scale) {
   ModelWeights weights = ZeroWeights(config);
   Rng rng(seed);
-  const double residual_scale = 1.0 / std::sqrt(2.0 * config.num_layers());
   ForEachTensor(weights, [&](const std::string& name, Tensor& tensor) {
     if (IsNormWeight(name)) {
       for (float& w : tensor.data) w = static_cast<float>(1.0 + norm_jitter * rng.Normal());

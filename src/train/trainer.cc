@@ -36,6 +36,8 @@ void TrainerOptions::Validate() const {
   if (seq < 1) Fail("--seq ", seq, " must be at least 1");
   if (accumulation < 1) Fail("--accumulation ", accumulation, " must be at least 1");
   if (!(lr > 0.0 && std::isfinite(lr))) Fail("--lr ", lr, " must be a positive number");
+  if (!(init_residual_scale > 0.0 && std::isfinite(init_residual_scale)))
+    Fail("--init-residual-scale ", init_residual_scale, " must be a positive number");
   if (warmup > steps) Fail("--warmup ", warmup, " exceeds --steps ", steps);
   if (!std::isfinite(clip)) Fail("--clip must be a finite number");
   if (long_range_fraction != -1.0 && !(long_range_fraction >= 0.0 && long_range_fraction <= 1.0))
@@ -57,6 +59,7 @@ std::string TrainerOptionsJson(const TrainerOptions& o) {
               {"weight_decay", o.adamw.weight_decay},
               {"clip", o.clip},
               {"seed", o.seed},
+              {"init_residual_scale", o.init_residual_scale},
               {"matmul", MatmulPrecisionName(o.precision)},
               {"long_range_mix", o.long_range_fraction}}
       .dump();
@@ -79,6 +82,9 @@ TrainerOptions TrainerOptionsFromJson(const std::string& text) {
     o.adamw.weight_decay = j.at("weight_decay");
     o.clip = j.at("clip");
     o.seed = j.at("seed");
+    // Runs written before the option existed were initialised with GPT-2's 1/sqrt(2L); the value
+    // matters only to a run's first step, never to a resumed one.
+    o.init_residual_scale = j.value("init_residual_scale", 1.0);
     o.precision = j.at("matmul") == "bf16" ? MatmulPrecision::kBf16 : MatmulPrecision::kF32;
     o.long_range_fraction = j.at("long_range_mix");
   } catch (const json::exception& e) {
@@ -89,7 +95,9 @@ TrainerOptions TrainerOptionsFromJson(const std::string& text) {
 
 Trainer::Trainer(const ModelConfig& config, const TrainerOptions& options, const TrainingData& data,
                  const Distributed& world)
-    : Trainer(config, RandomWeights(config, options.seed), options, data, world) {}
+    : Trainer(config,
+              RandomWeights(config, options.seed, /*norm_jitter=*/0.0, options.init_residual_scale),
+              options, data, world) {}
 
 Trainer::Trainer(const ModelConfig& config, ModelWeights params, const TrainerOptions& options,
                  const TrainingData& data, const Distributed& world)

@@ -39,8 +39,9 @@ struct TrainerOptions {
   double min_lr_ratio = 0.1;  // the cosine ends at min_lr_ratio * lr
   int64_t warmup = -1;        // warm-up steps; -1: 5% of the steps (at least 1)
   AdamWOptions adamw;
-  double clip = 1.0;  // max global gradient norm; <= 0: no clipping
-  uint64_t seed = 1;  // weights and data order
+  double clip = 1.0;                 // max global gradient norm; <= 0: no clipping
+  uint64_t seed = 1;                 // weights and data order
+  double init_residual_scale = 1.0;  // RandomWeights' residual_scale for a run from random weights
   MatmulPrecision precision = MatmulPrecision::kF32;
   double long_range_fraction = -1.0;  // -1: TrainingData's default (the shard's share)
 
@@ -61,7 +62,7 @@ struct StepResult {
 
 class Trainer {
  public:
-  // A new run from random weights (RandomWeights(config, options.seed)).
+  // A new run from random weights (RandomWeights with options.seed and init_residual_scale).
   Trainer(const ModelConfig& config, const TrainerOptions& options, const TrainingData& data,
           const Distributed& world);
   // A new run from the given weights (f32, the tensors of config), e.g. another run's model.

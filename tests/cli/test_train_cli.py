@@ -219,6 +219,24 @@ def test_init_from(mixattn, data, work):
                  "does not exist", "--init-from a missing path")
 
 
+def test_init_residual_scale(mixattn, data, work):
+    """--init-residual-scale reaches the initial weights: the step-0 validation loss changes."""
+    val0 = {}
+    for scale in ("1", "0.1"):
+        out = os.path.join(work, f"residual-{scale}")
+        result = run(mixattn, *train_args(data, out, 5, "--init-residual-scale", scale))
+        check(result.returncode == 0, f"--init-residual-scale {scale} trains ({result.stderr[-300:]})")
+        if result.returncode == 0:
+            val0[scale] = read_log(out)[1][0]
+    if len(val0) == 2:
+        check(abs(val0["1"] - val0["0.1"]) > 1e-3,
+              f"the scale changes the initial model (step-0 validation loss {val0})")
+    for bad in ("0", "-1", "nan"):
+        expect_error(mixattn, train_args(data, os.path.join(work, "residual-bad"), 5,
+                                         "--init-residual-scale", bad),
+                     "--init-residual-scale", f"--init-residual-scale {bad}")
+
+
 def expect_error(mixattn, args, needle, what):
     result = run(mixattn, *args)
     check(result.returncode != 0 and needle in result.stderr,
@@ -272,6 +290,7 @@ def main():
     if not args.skip_mpi:
         test_mpi_matches_single_process(args.mixattn, data, args.workdir)
     test_init_from(args.mixattn, data, args.workdir)
+    test_init_residual_scale(args.mixattn, data, args.workdir)
     test_errors(args.mixattn, data, args.workdir)
     sys.exit(summary())
 
