@@ -439,7 +439,7 @@ void RegisterTrainCommand(CLI::App& app) {
   run->add_option(
          "--init-residual-scale", t.init_residual_scale,
          "scale of the random o_proj and down_proj weights (GPT-2 uses 1/sqrt(2 * layers), "
-         "which kept 8- and 12-layer models from learning to copy; docs/results.md)")
+         "which kept an 8-layer model from learning to copy; docs/results.md)")
       ->capture_default_str();
   run->add_option("--long-range-mix", t.long_range_fraction,
                   "fraction of sequences from train_longrange.bin (default: its token share)");
