@@ -78,9 +78,9 @@ void SaveWeights(const std::string& path, const ModelWeights& weights, DType dty
 // additionally scaled by `residual_scale`, norm weights 1 + N(0, norm_jitter) (jitter 0 for
 // training; tests use a little so norm weights matter).
 //
-// residual_scale defaults to 1, not GPT-2's 1/sqrt(2L): with 1/sqrt(2L) (and with 1/2) an 8-layer
-// model stayed on the loss plateau before in-context copying (induction heads) for 800 steps of
-// copy-dense data; at scale 1 it left it after about 440 (docs/results.md).
+// residual_scale defaults to 1, not GPT-2's 1/sqrt(2L): with 1/sqrt(2L) an 8-layer model stayed on
+// the loss plateau before in-context copying (induction heads) for 800 steps of copy-dense data
+// (with 1/2, for the 440 steps it ran); at scale 1 it left it after about 300 (docs/results.md).
 ModelWeights RandomWeights(const ModelConfig& config, uint64_t seed, double norm_jitter = 0.0,
                            double residual_scale = 1.0);
 
