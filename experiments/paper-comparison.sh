@@ -3,10 +3,18 @@
 # every preset of PRESETS.md trained with the same shape, data, token budget, seed and schedule,
 # then evaluated with `mixattn eval` and benchmarked with `mixattn bench`.
 #
+# Training has two stages, the same for every preset:
+#   1. copying: 1600 steps x 32 sequences of 128 tokens of `random_repeat` data (spans of random
+#      tokens, each repeated later), until the model learns to copy from its context (the
+#      induction-head phase change); a 12-layer model needed about 1000 such steps
+#      (docs/results.md), and without this stage it never got there;
+#   2. the mix: 1600 steps x 8 x 512 of the corpus plus the synthetic long-range sequences,
+#      starting from stage 1's weights (`mixattn train --init-from`).
+#
 #   experiments/paper-comparison.sh [data|train|eval|bench|report|all]   (default: all)
 #
 # Every stage is safe to interrupt and run again: data is made once, each training run resumes
-# from its latest checkpoint (a run is about an hour; none needs more than two hours), and
+# from its latest checkpoint (each stage is about half an hour on an idle machine), and
 # evaluations and benchmarks whose JSON exists are skipped. Outputs go to out/experiment/
 # (models, eval JSON and heat maps, bench JSON); `report` writes the figures and tables that
 # docs/results.md shows into docs/results/.
@@ -23,13 +31,17 @@ export OMP_WAIT_POLICY=passive  # shared machine: spinning OpenMP threads starve
 
 out=out/experiment
 data=$out/data
+copy_data=$out/data-copy
 presets=${PRESETS:-standard all-sliding ma-pairs ma ma-offset ma-endslide characterai ma-offset-slideshare ma-pairs-slideshare}
 
 # 12 layers so that the slideshare variants differ from their base layouts (at 8 layers they are
 # identical); window 32 so that the all-sliding model's receptive field, 12 x 31 = 372 tokens, is
 # shorter than the longest evaluation distance (about 500 tokens at length 512, depth 0).
 shape=(--layers 12 --hidden 128 --heads 2 --kv-heads 1 --head-dim 64 --ffn 384 --window 32)
-# 1600 steps x 8 x 512 = 6.6M tokens per model (about half an hour on an idle machine); half of
+# Stage 1: 1600 x 32 x 128 = 6.6M tokens of random_repeat sequences only.
+copy_schedule=(--steps 1600 --batch 32 --seq 128 --long-range-mix 1.0 --lr 3e-3 --warmup 30
+  --seed 1 --eval-every 200 --eval-batches 4 --save-every 50 --keep 2)
+# Stage 2: 1600 steps x 8 x 512 = 6.6M tokens per model (about half an hour on an idle machine); half of
 # the sequences are synthetic: pass keys, key/value facts, and spans repeated later (of filler
 # text, and of random tokens). Without the repeats, a 1600-step run learned no copying at all:
 # greedy answers to a pass key asked right after it were wrong in every sample (docs/results.md).
@@ -46,21 +58,40 @@ stage_data() {
       --long-range-ratio 1.0 --long-range-length 513 --long-range-min-distance 16 \
       --long-range-kinds pass_key,key_value,repeat,random_repeat
   fi
+  if [ ! -f "$copy_data/data.json" ]; then
+    "$mixattn" data --in data/corpus/kjv.txt data/corpus/brown.txt data/corpus/sotu.txt \
+      --out "$copy_data" --tokenizer models/default/tokenizer.model --val-fraction 0.01 --seed 1 \
+      --long-range-ratio 1.0 --long-range-length 129 --long-range-kinds random_repeat
+  fi
+}
+
+# Trains one stage into $1 (a run directory) with the remaining arguments, resuming it if it has
+# checkpoints; $1/done marks a finished stage.
+train_stage() {
+  local run=$1
+  shift
+  [ -f "$run/done" ] && return
+  local train=("$mixattn" train --out "$run" "$@")
+  if ls "$run/checkpoints"/checkpoint-*.safetensors > /dev/null 2>&1; then train+=(--resume); fi
+  "${train[@]}"
+  touch "$run/done"
 }
 
 stage_train() {
   for preset in $presets; do
-    local run=$out/$preset
+    local copy_run=$out/copy/$preset run=$out/$preset
     if [ -f "$run/done" ]; then
       echo "train: $preset already trained"
       continue
     fi
-    local train=("$mixattn" train --preset "$preset" "${shape[@]}" --data "$data" --out "$run"
-      "${schedule[@]}")
-    if ls "$run/checkpoints"/checkpoint-*.safetensors > /dev/null 2>&1; then train+=(--resume); fi
-    echo "train: $preset"
-    "${train[@]}"
-    touch "$run/done"
+    echo "train: $preset, stage 1 (copying)"
+    train_stage "$copy_run" --preset "$preset" "${shape[@]}" --data "$copy_data" \
+      "${copy_schedule[@]}"
+    local stage1
+    stage1=$(ls "$copy_run"/checkpoints/checkpoint-*.safetensors | tail -n 1)
+    echo "train: $preset, stage 2 (the mix) from $stage1"
+    train_stage "$run" --preset "$preset" "${shape[@]}" --data "$data" --init-from "$stage1" \
+      "${schedule[@]}"
   done
 }
 
