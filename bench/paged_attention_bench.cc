@@ -24,6 +24,7 @@
 #include <numeric>
 #include <vector>
 
+#include "core/arena.h"
 #include "core/dtype.h"
 #include "core/random.h"
 #include "ops/paged_attention.h"
@@ -41,17 +42,10 @@ constexpr int64_t kBlockBytes = 2 * kBlockTokens * kKvHeads * kHeadDim * kElemBy
 constexpr int64_t kKeyBytes = 2 * kKvHeads * kHeadDim * kElemBytes;  // K and V of one position
 constexpr int64_t kColdBytes = int64_t{256} << 20;  // > 8x the 32 MiB L3 of this machine
 
-// Pool memory that is never zero-filled by a constructor (we fill it once, below).
-struct Buffer {
-  explicit Buffer(int64_t bytes) : data(new std::byte[static_cast<size_t>(bytes)]), size(bytes) {}
-  std::unique_ptr<std::byte[]> data;
-  int64_t size;
-};
-
 // Batches of decode jobs over one shared pool, rotated through call after call.
 class DecodeBatches {
  public:
-  DecodeBatches(int64_t context, int64_t window, bool cold)
+  DecodeBatches(int64_t context, int64_t window, bool cold, bool huge_pages)
       : keys_per_sequence_(window > 0 ? std::min(context, window) : context) {
     const int64_t position = context - 1;  // the query's position
     const int64_t first_key = window > 0 ? std::max<int64_t>(0, position - window + 1) : 0;
@@ -68,10 +62,12 @@ class DecodeBatches {
     for (size_t i = block_ids_.size(); i > 1; --i)
       std::swap(block_ids_[i - 1], block_ids_[rng.Below(i)]);
 
-    pool_ = std::make_unique<Buffer>(pool_blocks * kBlockBytes);
-    auto* elems = reinterpret_cast<uint16_t*>(pool_->data.get());
+    // Allocated as the engine's KV pool is (kv/block_pool.cc), with or without huge pages.
+    pool_ = Arena(static_cast<size_t>(pool_blocks * kBlockBytes), 64, huge_pages);
+    auto* elems = reinterpret_cast<uint16_t*>(pool_.data());
     uint32_t state = 1;
-    for (int64_t i = 0; i < pool_->size / kElemBytes; ++i) {  // small random bf16 values
+    for (int64_t i = 0; i < static_cast<int64_t>(pool_.size()) / kElemBytes;
+         ++i) {  // small random bf16 values
       state = state * 1664525u + 1013904223u;
       elems[i] =
           F32ToBf16(static_cast<float>(static_cast<int32_t>(state >> 8) - (1 << 23)) * 0x1p-24f);
@@ -89,7 +85,7 @@ class DecodeBatches {
       job.q_start = position;
       job.window = window;
       PagedKvView& kv = job.kv;
-      kv.pool_base = pool_->data.get();
+      kv.pool_base = pool_.data();
       kv.block_bytes = kBlockBytes;
       kv.block_tokens = kBlockTokens;
       kv.kv_heads = kKvHeads;
@@ -117,16 +113,17 @@ class DecodeBatches {
   int64_t rotation_ = 1;
   int64_t next_ = 0;
   std::vector<int32_t> block_ids_;
-  std::unique_ptr<Buffer> pool_;
+  Arena pool_;              // never zero-filled by a constructor (filled once, above)
   std::vector<float> q_;    // [sequences, NH, D]
   std::vector<float> out_;  // [sequences, NH, D]
   std::vector<AttentionJob> jobs_;
 };
 
 // Arguments: context C, window W (0 = full), cold (1: K/V come from DRAM; 0: the same batch every
-// call, so K/V that fit stay in cache and the kernel's compute speed shows).
+// call, so K/V that fit stay in cache and the kernel's compute speed shows), huge (1: the pool on
+// transparent huge pages, as the engine allocates it; 0: on 4 KiB pages, for comparison).
 void BM_PagedAttentionDecode(benchmark::State& state) {
-  DecodeBatches batches(state.range(0), state.range(1), state.range(2) != 0);
+  DecodeBatches batches(state.range(0), state.range(1), state.range(2) != 0, state.range(3) != 0);
   for (auto _ : state) {
     PagedAttention(batches.Next(), kQueryHeads);
     benchmark::ClobberMemory();
@@ -138,8 +135,8 @@ void BM_PagedAttentionDecode(benchmark::State& state) {
                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_PagedAttentionDecode)
-    ->ArgNames({"context", "window", "cold"})
-    ->ArgsProduct({{4096, 32768, 65536}, {0, 512}, {1, 0}})
+    ->ArgNames({"context", "window", "cold", "huge"})
+    ->ArgsProduct({{4096, 32768, 65536}, {0, 512}, {1, 0}, {1, 0}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

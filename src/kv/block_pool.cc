@@ -32,7 +32,7 @@ KvBlockPool::KvBlockPool(int64_t num_blocks, int64_t block_tokens, int64_t kv_he
     Fail("KV block pool: ", num_blocks, " blocks of ", block_bytes_, " bytes overflow");
   }
   const auto bytes = static_cast<size_t>(num_blocks * block_bytes_);
-  arena_.reset(static_cast<std::byte*>(::operator new[](bytes, std::align_val_t{kAlignment})));
+  arena_ = Arena(bytes, kAlignment);
   free_.resize(static_cast<size_t>(num_blocks));
   // Highest id at the bottom of the stack, so a fresh pool hands out 0, 1, 2, ...
   for (int64_t i = 0; i < num_blocks; ++i) {

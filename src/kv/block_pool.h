@@ -13,9 +13,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <new>
 #include <vector>
 
+#include "core/arena.h"
 #include "core/dtype.h"
 
 namespace mixattn {
@@ -23,7 +23,8 @@ namespace mixattn {
 class KvBlockPool {
  public:
   // The arena starts on a cache line; so does every block when block_bytes is a multiple of 64
-  // (any B * KVH * D that is a multiple of 16 elements, i.e. every realistic shape).
+  // (any B * KVH * D that is a multiple of 16 elements, i.e. every realistic shape). Pools of
+  // 2 MiB or more sit on transparent huge pages where the kernel grants them (core/arena.h).
   static constexpr size_t kAlignment = 64;
 
   // num_blocks >= 1 (and < 2^31, ids are int32); the other sizes >= 1.
@@ -53,23 +54,19 @@ class KvBlockPool {
   int64_t arena_bytes() const { return num_blocks_ * block_bytes_; }
 
   // Start of the arena: block b lives at base() + b * block_bytes().
-  std::byte* base() { return arena_.get(); }
-  const std::byte* base() const { return arena_.get(); }
+  std::byte* base() { return arena_.data(); }
+  const std::byte* base() const { return arena_.data(); }
 
  private:
-  struct AlignedDelete {
-    void operator()(std::byte* p) const { ::operator delete[](p, std::align_val_t{kAlignment}); }
-  };
-
   int64_t num_blocks_;
   int64_t block_tokens_;
   int64_t kv_heads_;
   int64_t head_dim_;
   DType dtype_;
   int64_t block_bytes_;
-  std::unique_ptr<std::byte[], AlignedDelete> arena_;  // [num_blocks, block_bytes]
-  std::vector<int32_t> free_;                          // stack of free ids; back() is next
-  std::vector<uint8_t> allocated_;                     // [num_blocks] 1 while handed out
+  Arena arena_;                     // [num_blocks, block_bytes]
+  std::vector<int32_t> free_;       // stack of free ids; back() is next
+  std::vector<uint8_t> allocated_;  // [num_blocks] 1 while handed out
 };
 
 }  // namespace mixattn
