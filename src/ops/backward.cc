@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "ops/parallel_chunks.h"
 
 #define MIXATTN_AVX2 __attribute__((target("avx2,fma")))
 // The bodies of the fast kernels are inlined into an AVX2 and a baseline wrapper.
@@ -30,11 +31,6 @@ namespace mixattn::ops {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// Below this many elements one thread finishes before an OpenMP fork/join pays off.
-constexpr int64_t kParallelMinElements = int64_t{1} << 16;
-// Unit of work for the elementwise kernels when split across threads (64 KiB of f32).
-constexpr int64_t kChunkElements = int64_t{1} << 14;
 
 bool UseAvx2() { return ActiveSimdLevel() == SimdLevel::kAvx2; }
 
@@ -66,21 +62,6 @@ MIXATTN_ALWAYS_INLINE float ExpF(float x) {
   n_int = n_int < -127 ? -127 : n_int;
   n_int = n_int > 128 ? 128 : n_int;
   return exp_r * std::bit_cast<float>(static_cast<uint32_t>(n_int + 127) << 23);
-}
-
-// Runs kernel(begin, count) over [0, total) in chunks, on all threads when total is large.
-template <typename Kernel>
-void ForChunks(int64_t total, const Kernel& kernel) {
-  if (total < kParallelMinElements) {
-    kernel(0, total);
-    return;
-  }
-  const int64_t chunks = (total + kChunkElements - 1) / kChunkElements;
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t begin = c * kChunkElements;
-    kernel(begin, std::min(kChunkElements, total - begin));
-  }
 }
 
 // ---- SwiGLU ----

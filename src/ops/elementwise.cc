@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "ops/parallel_chunks.h"
 
 // Each kernel has an AVX2 body (target attribute, so the rest of the project keeps its baseline
 // -march) and a portable body; the public function picks one per call. Legend as in the header.
@@ -16,30 +17,9 @@
 namespace mixattn::ops {
 namespace {
 
-// Below this many elements one thread finishes before an OpenMP fork/join (a few microseconds)
-// pays off; above it the second core adds its own ~40 GB/s of read bandwidth.
-constexpr int64_t kParallelMinElements = int64_t{1} << 16;
-// Unit of work for the 1-D kernels when split across threads (64 KiB of f32).
-constexpr int64_t kChunkElements = int64_t{1} << 14;
-
 std::atomic<int> g_simd_cap{static_cast<int>(SimdLevel::kAvx2)};
 
 bool UseAvx2() { return ActiveSimdLevel() == SimdLevel::kAvx2; }
-
-// Runs kernel(begin, count) over [0, total) in chunks, on all threads when total is large.
-template <typename Kernel>
-void ForChunks(int64_t total, const Kernel& kernel) {
-  if (total < kParallelMinElements) {
-    kernel(0, total);
-    return;
-  }
-  const int64_t chunks = (total + kChunkElements - 1) / kChunkElements;
-#pragma omp parallel for schedule(static)
-  for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t begin = c * kChunkElements;
-    kernel(begin, std::min(kChunkElements, total - begin));
-  }
-}
 
 // ---- AVX2 building blocks ----
 
