@@ -11,7 +11,9 @@ Reads, for every preset directory under --experiment that holds eval.json: the e
                    length, decode tokens/s
   accuracy.png     accuracy against context length, one panel per task, one line per preset
   depth.png        niah_single accuracy and copy score by distance at the longest length, per preset
-  loss.png         validation loss curves of all presets
+  loss.png         validation loss curves of all presets (stage 2), and the training loss of the
+                   copying stage (copy/PRESET/train.jsonl, smoothed): when each layout leaves the
+                   plateau before in-context copying
   summary.json     everything above as numbers
 Presets missing an eval.json are listed as not run yet.
 """
@@ -30,6 +32,22 @@ TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "
          "copy"]
 
 
+def copy_stage_loss(experiment, preset, smooth=50):
+    """(step, mean training loss of the last `smooth` steps) of the copying stage, if it ran."""
+    path = os.path.join(experiment, "copy", preset, "train.jsonl")
+    if not os.path.exists(path):
+        return []
+    losses = []
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "loss" in record:
+                losses.append((record["step"], record["loss"]))
+    losses.sort()
+    return [(losses[i][0], sum(l for _, l in losses[i + 1 - smooth:i + 1]) / smooth)
+            for i in range(smooth - 1, len(losses), smooth // 2)]
+
+
 def load(experiment):
     runs = {}
     for preset in PRESETS:
@@ -44,7 +62,8 @@ def load(experiment):
                 record = json.loads(line)
                 if "val_loss" in record:
                     val.append((record["step"], record["val_loss"]))
-        runs[preset] = {"eval": evaluation, "val": val}
+        runs[preset] = {"eval": evaluation, "val": val,
+                        "copy_loss": copy_stage_loss(experiment, preset)}
     bench = {}
     bench_path = os.path.join(experiment, "bench.json")
     if os.path.exists(bench_path):
@@ -178,17 +197,23 @@ def main():
     fig.savefig(os.path.join(args.out, "depth.png"), dpi=90)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, (ax, ax_copy) = plt.subplots(1, 2, figsize=(14, 5))
     for preset, run in runs.items():
         if run["val"]:
             ax.plot(*zip(*run["val"]), label=preset, color=styles[preset][0])
-    ax.set_xlabel("step")
+        if run["copy_loss"]:
+            ax_copy.plot(*zip(*run["copy_loss"]), label=preset, color=styles[preset][0])
+    ax.set_xlabel("step of stage 2 (the mix)")
     ax.set_ylabel("validation loss (nats/token)")
     lows = [v for run in runs.values() for _, v in run["val"][1:]]
     if lows:
         ax.set_ylim(min(lows) - 0.1, min(lows) + 1.5)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax_copy.set_xlabel("step of stage 1 (random_repeat, 128 tokens)")
+    ax_copy.set_ylabel("training loss, mean of 50 steps (nats/token)")
+    ax_copy.set_title("the drop is the model starting to copy", fontsize=9)
+    for a in (ax, ax_copy):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "loss.png"), dpi=90)
     plt.close(fig)
