@@ -8,7 +8,9 @@ DATA_DIR is a `mixattn data` directory whose train_longrange.bin holds random_re
 the previous token, on the token itself, the induction score (attention on the position right
 after an earlier occurrence of the current token: what an induction head does, Olsson et al.
 2022), the attention entropy in nats, and the norms of the residual stream and of the attention
-and MLP outputs. Full causal attention of every layer (the script ignores windows and KV sharing:
+and MLP outputs; then the model's loss on copyable tokens (the next token after an earlier
+occurrence of the current one is the token to predict: what copying would get right) and on the
+rest. Full causal attention of every layer (the script ignores windows and KV sharing:
 use it on `standard` models). docs/results.md quotes its output for the copying pilots.
 """
 import argparse
@@ -100,6 +102,21 @@ def main():
               f"induction {fmt(ind)} | entropy {fmt(entropy)} | |x| {x.norm(dim=-1).mean():.1f} "
               f"|attn| {attn.norm(dim=-1).mean():.1f} |mlp| {mlp.norm(dim=-1).mean():.1f}")
         x = y + mlp
+    # Loss per position: next-token cross-entropy through the final norm and the output embedding.
+    out = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+    logits = rms(x, W["model.norm.weight"]) @ out.T  # [B, T, V]
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                             seqs[:, 1:].reshape(-1), reduction="none")
+    loss = loss.view(B, T - 1)
+    # Copyable: an earlier occurrence j - 1 of token t is followed by token t + 1 (j = t + 1 itself
+    # excluded: that is the target).
+    copyable = torch.zeros(B, T - 1, dtype=torch.bool)
+    for b in range(B):
+        s = seqs[b].tolist()
+        for t in range(T - 1):
+            copyable[b, t] = any(s[j - 1] == s[t] and s[j] == s[t + 1] for j in range(1, t + 1))
+    print(f"loss on copyable tokens {loss[copyable].mean():.3f} ({int(copyable.sum())} tokens), "
+          f"on the rest {loss[~copyable].mean():.3f} ({int((~copyable).sum())} tokens)")
 
 
 if __name__ == "__main__":
