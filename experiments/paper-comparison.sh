@@ -10,6 +10,8 @@
 #      (docs/results.md), and without this stage it never got there;
 #   2. the mix: 1600 steps x 8 x 512 of the corpus plus the synthetic long-range sequences,
 #      starting from stage 1's weights (`mixattn train --init-from`).
+# Tried on `standard` (session 5): stage 1 taught copying, stage 2 erased it (docs/results.md).
+# The recipe will change before the other layouts are trained.
 #
 #   experiments/paper-comparison.sh [data|train|eval|bench|report|all]   (default: all)
 #
