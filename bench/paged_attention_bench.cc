@@ -65,9 +65,9 @@ class DecodeBatches {
     // Allocated as the engine's KV pool is (kv/block_pool.cc), with or without huge pages.
     pool_ = Arena(static_cast<size_t>(pool_blocks * kBlockBytes), 64, huge_pages);
     auto* elems = reinterpret_cast<uint16_t*>(pool_.data());
+    const auto num_elems = static_cast<int64_t>(pool_.size()) / kElemBytes;
     uint32_t state = 1;
-    for (int64_t i = 0; i < static_cast<int64_t>(pool_.size()) / kElemBytes;
-         ++i) {  // small random bf16 values
+    for (int64_t i = 0; i < num_elems; ++i) {  // small random bf16 values
       state = state * 1664525u + 1013904223u;
       elems[i] =
           F32ToBf16(static_cast<float>(static_cast<int32_t>(state >> 8) - (1 << 23)) * 0x1p-24f);

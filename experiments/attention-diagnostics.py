@@ -54,7 +54,8 @@ def main():
     W = load_weights(args.model)
     tokens = np.fromfile(f"{args.data}/train_longrange.bin", np.uint16)[SHARD_HEADER_TOKENS:]
     T = length - 1
-    seqs = torch.tensor(tokens[:args.sequences * length].astype(np.int64).reshape(-1, length))[:, :T]
+    rows = tokens[:args.sequences * length].astype(np.int64).reshape(-1, length)
+    seqs = torch.tensor(rows)[:, :T]
     B = seqs.shape[0]
     NH, KVH, D = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
     inv = c["rope_theta"] ** (-torch.arange(0, D, 2, dtype=torch.float32) / D)

@@ -43,10 +43,11 @@ shape=(--layers 12 --hidden 128 --heads 2 --kv-heads 1 --head-dim 64 --ffn 384 -
 # Stage 1: 1600 x 32 x 128 = 6.6M tokens of random_repeat sequences only.
 copy_schedule=(--steps 1600 --batch 32 --seq 128 --long-range-mix 1.0 --lr 3e-3 --warmup 30
   --seed 1 --eval-every 200 --eval-batches 4 --save-every 50 --keep 2)
-# Stage 2: 1600 steps x 8 x 512 = 6.6M tokens per model (about half an hour on an idle machine); half of
-# the sequences are synthetic: pass keys, key/value facts, and spans repeated later (of filler
-# text, and of random tokens). Without the repeats, a 1600-step run learned no copying at all:
-# greedy answers to a pass key asked right after it were wrong in every sample (docs/results.md).
+# Stage 2: 1600 steps x 8 x 512 = 6.6M tokens per model (about half an hour on an idle machine);
+# half of the sequences are synthetic: pass keys, key/value facts, and spans repeated later (of
+# filler text, and of random tokens). Without the repeats, a 1600-step run learned no copying at
+# all: greedy answers to a pass key asked right after it were wrong in every sample
+# (docs/results.md).
 schedule=(--steps 1600 --batch 8 --seq 512 --lr 3e-3 --warmup 50 --seed 1 --eval-every 100
   --eval-batches 8 --save-every 20 --keep 2)
 lengths=256,384,512

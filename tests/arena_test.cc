@@ -45,6 +45,7 @@ TEST(ArenaTest, LargeBuffersStartOnAHugePageAndAskForHugePages) {
   Arena moved = std::move(arena);
   EXPECT_EQ(moved.data(), data);
   EXPECT_EQ(moved.size(), bytes);
+  EXPECT_EQ(arena.data(), nullptr);  // NOLINT(bugprone-use-after-move): checking the move
 }
 
 TEST(ArenaTest, HugePagesCanBeDeclined) {
