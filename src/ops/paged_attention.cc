@@ -8,17 +8,21 @@
 // are every query head of the KV head's group for every query of the tile, so each K/V vector
 // read from the pool serves all R rows. Keys are walked in chunks of L consecutive positions over
 // [first key any row of the tile sees, last query + 1): blocks wholly outside every window are
-// never touched. Per chunk:
-//   1. the chunk's K and V rows of this head are widened to f32 into an L1-resident scratch tile
-//      [L, Dp] (bf16 -> f32 is a 16-bit shift; f32 rows with D % L == 0 are read in place);
-//   2. per row, L dot products s_i = q.k_i / sqrt(D) in L vector accumulators, summed across
-//      lanes by a transpose-and-add tree into one vector of L scores (no per-key horizontal sum);
-//      keys outside the row's mask get -inf;
-//   3. online softmax (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax";
+// never touched. Keys are grouped in spans of S = 4 L positions (4 chunks of L). Per span:
+//   1. per chunk, its K rows of this head are widened to f32 into an L1-resident scratch tile
+//      [L, Dp] (bf16 -> f32 is a 16-bit shift; f32 rows with D % L == 0 are read in place), and
+//      for every row L dot products s_i = q.k_i / sqrt(D) run in L vector accumulators, summed
+//      across lanes by a transpose-and-add tree into one vector of L scores (no per-key
+//      horizontal sum);
+//   2. per row, keys outside its mask get -inf, then one online softmax update for the whole
+//      span (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax";
 //      FlashAttention, Dao et al. 2022, Alg. 1): with running max m, denominator l and numerator
 //      o[D],   m' = max(m, max_i s_i),  a = e^(m - m'),
 //              l' = a l + sum_i e^(s_i - m'),  o' = a o + sum_i e^(s_i - m') v_i;
-//      after the last chunk, out = o / l.
+//   3. the o update runs for the G rows of a query together, so each V vector loaded serves G
+//      rows through G independent multiply-add chains. V rows are widened once per span into
+//      scratch, except in a decode tile (one query), which reads bf16 V straight from the pool.
+// After the last span, out = o / l.
 // Bandwidth arithmetic (decode, G = 4, D = 64, bf16): per key and KV head the kernel reads
 // 2 * 64 * 2 = 256 bytes and does 2 * G * D = 512 multiply-adds, i.e. 2 multiply-adds per byte:
 // at 40 GB/s per core that is 80 G multiply-adds/s, a third of one Zen 5 core's f32 FMA peak, so
@@ -152,6 +156,9 @@ namespace {
 
 constexpr int64_t kQueryTile = 16;  // queries per work item: R = 16 G rows share each K/V chunk
 constexpr int64_t kMaxLanes = 16;
+// Chunks of L keys per span S = 4 L: the online softmax rescales once per span, and each value
+// vector is widened once per span for all R rows.
+constexpr int kSpanChunks = 4;
 // Keys prefetched ahead of the one being loaded: 32 keys of D = 64 bf16 K and V are 16 KiB in
 // flight, about what one core needs to stream at 40 GB/s with ~100 ns DRAM latency (Little's law:
 // 40 GB/s * 100 ns = 4 KB, times a margin for the block jumps the hardware prefetcher misses).
@@ -213,14 +220,16 @@ struct TileScratch {
   int64_t o_rows;    // [R, Dp] running numerators o
   int64_t row_max;   // [R] running maxima m
   int64_t row_sum;   // [R, L] running denominators l, kept per lane until the end
-  int64_t k_chunk;   // [L, Dp] the chunk's keys as f32
-  int64_t v_chunk;   // [L, Dp] the chunk's values as f32
-  int64_t zero_row;  // [Dp] zeros: stands in for the keys past the end of a short chunk
-  int64_t probs;     // [L] e^(s_i - m') of the current row and chunk
+  int64_t k_chunk;   // [L, Dp] the current chunk's keys as f32
+  int64_t v_span;    // [S, Dp] the span's values as f32
+  int64_t zero_row;  // [Dp] zeros: stands in for the keys past the end of a short span
+  int64_t scores;    // [R, S] the span's scores s_i, then e^(s_i - m') in place
+  int64_t alphas;    // [G] e^(m - m') of the current query's rows
   int64_t total;
 };
 
 TileScratch LayoutTileScratch(int64_t rows, int64_t padded_dim, int64_t lanes) {
+  const int64_t span = kSpanChunks * lanes;
   TileScratch s;
   int64_t at = 0;
   auto take = [&at](int64_t floats) {
@@ -233,9 +242,10 @@ TileScratch LayoutTileScratch(int64_t rows, int64_t padded_dim, int64_t lanes) {
   s.row_max = take(rows);
   s.row_sum = take(rows * lanes);
   s.k_chunk = take(lanes * padded_dim);
-  s.v_chunk = take(lanes * padded_dim);
+  s.v_span = take(span * padded_dim);
   s.zero_row = take(padded_dim);
-  s.probs = take(lanes);
+  s.scores = take(rows * span);
+  s.alphas = take(rows);  // rows >= G
   s.total = at;
   return s;
 }
@@ -584,6 +594,14 @@ void PagedAttention(std::span<const AttentionJob> jobs, int64_t query_heads, Att
 // Kernel pass: included inside namespace mixattn::ops::{anonymous}::<isa>, after that namespace's
 // `struct Isa`, and inside its target region. Includes nothing and opens no namespace.
 
+// out[D] = bf16 row in[D] widened to f32.
+void WidenBf16Row(const uint16_t* in, float* out, int64_t dim) {
+  int64_t d = 0;
+#pragma GCC unroll 4
+  for (; d + Isa::kLanes <= dim; d += Isa::kLanes) Isa::Store(out + d, Isa::LoadBf16(in + d));
+  for (; d < dim; ++d) out[d] = Bf16ToF32(in[d]);
+}
+
 // k_out[D], v_out[D] = bf16 rows k[D], v[D] widened to f32 (one loop for both halves the loop
 // overhead, which is what the conversion costs next to its one load, shift and store).
 void WidenBf16Rows(const uint16_t* k, const uint16_t* v, float* k_out, float* v_out, int64_t dim) {
@@ -617,6 +635,47 @@ Isa::V ExpNonPositive(Isa::V x_in) {
   return Isa::Mul(p, Isa::Pow2(n));
 }
 
+// o[n] = alphas[n] o[n] + sum_i probs[n, i] v_i over the S keys of a span, for N rows o[N, Dp]
+// (probs[N, S]) at once: each value vector is loaded once for all N rows, and the N multiply-add
+// chains are independent.
+// Values are f32 rows, or bf16 rows read straight from the pool (with Dp == D).
+Isa::V LoadRow(const float* p) { return Isa::Load(p); }
+Isa::V LoadRow(const uint16_t* p) { return Isa::LoadBf16(p); }
+
+template <int N, typename Element>
+void AccumulateValues(const Element* const (&v_rows)[kSpanChunks * Isa::kLanes], const float* probs,
+                      const float* alphas, float* o, int64_t padded_dim) {
+  constexpr int kSpanKeys = kSpanChunks * Isa::kLanes;
+  for (int64_t d = 0; d < padded_dim; d += Isa::kLanes) {
+    Isa::V acc[N];
+#pragma GCC unroll 4
+    for (int n = 0; n < N; ++n)
+      acc[n] = Isa::Mul(Isa::Load(o + n * padded_dim + d), Isa::Set1(alphas[n]));
+#pragma GCC unroll 8
+    for (int i = 0; i < kSpanKeys; ++i) {
+      const Isa::V v = LoadRow(v_rows[i] + d);
+#pragma GCC unroll 4
+      for (int n = 0; n < N; ++n)
+        acc[n] = Isa::MulAdd(Isa::Set1(probs[n * kSpanKeys + i]), v, acc[n]);
+    }
+#pragma GCC unroll 4
+    for (int n = 0; n < N; ++n) Isa::Store(o + n * padded_dim + d, acc[n]);
+  }
+}
+
+// AccumulateValues for `rows` rows, four at a time.
+template <typename Element>
+void AccumulateAllValues(const Element* const (&v_rows)[kSpanChunks * Isa::kLanes],
+                         const float* probs, const float* alphas, float* o, int64_t rows,
+                         int64_t padded_dim) {
+  constexpr int64_t kSpanKeys = kSpanChunks * Isa::kLanes;
+  int64_t n = 0;
+  for (; n + 4 <= rows; n += 4)
+    AccumulateValues<4>(v_rows, probs + n * kSpanKeys, alphas + n, o + n * padded_dim, padded_dim);
+  for (; n < rows; ++n)
+    AccumulateValues<1>(v_rows, probs + n * kSpanKeys, alphas + n, o + n * padded_dim, padded_dim);
+}
+
 // One work item: KV head `kv_head` of `job`, queries [t_begin, t_end) of the job.
 //   job.q[Q, NH, D] -> job.out[Q, NH, D] for query heads kv_head * G .. kv_head * G + G - 1.
 void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, int64_t t_begin,
@@ -634,9 +693,11 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
   float* row_max = scratch + layout.row_max;
   float* row_sum = scratch + layout.row_sum;
   float* k_chunk = scratch + layout.k_chunk;
-  float* v_chunk = scratch + layout.v_chunk;
+  float* v_span = scratch + layout.v_span;
   float* zero_row = scratch + layout.zero_row;
-  float* probs = scratch + layout.probs;
+  float* scores = scratch + layout.scores;
+  float* alphas = scratch + layout.alphas;
+  constexpr int kSpanKeys = kSpanChunks * kLanes;
 
   // Rows start from q / sqrt(D), o = 0, m = -inf, l = 0; padding lanes stay zero throughout.
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
@@ -652,12 +713,15 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
   std::fill(row_max, row_max + rows, -kInf);
   std::fill(row_sum, row_sum + rows * kLanes, 0.0f);
   std::fill(k_chunk, k_chunk + kLanes * padded_dim, 0.0f);
-  std::fill(v_chunk, v_chunk + kLanes * padded_dim, 0.0f);
+  std::fill(v_span, v_span + kSpanKeys * padded_dim, 0.0f);
   std::fill(zero_row, zero_row + padded_dim, 0.0f);
 
   const int64_t row_bytes = dim * DTypeSize(kv.dtype);
   const int64_t value_offset = kv.block_tokens * kv.kv_heads * row_bytes;
   const bool in_place = kv.dtype == DType::kF32 && dim % kLanes == 0;
+  // A decode tile (one query) reads bf16 values straight from the pool in step 3, where each
+  // value vector serves all G rows, instead of widening them into v_span first.
+  const bool bf16_values = kv.dtype == DType::kBF16 && dim % kLanes == 0 && t_end - t_begin == 1;
   const int64_t key_begin = FirstVisibleKey(job.q_start + t_begin, job.window);
   const int64_t key_end = job.q_start + t_end;
   KeyCursor next_key(kv, kv_head, key_begin);
@@ -672,82 +736,121 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
     ++prefetch_position;
   };
   for (int64_t i = 0; i < kPrefetchKeys; ++i) prefetch_one();
-  const float* k_rows[kLanes];  // [L] -> [Dp] f32 keys of the chunk
-  const float* v_rows[kLanes];  // [L] -> [Dp] f32 values of the chunk
+  const float* k_rows[kLanes];             // [L] -> [Dp] f32 keys of the chunk
+  const float* v_rows[kSpanKeys];          // [S] -> [Dp] f32 values of the span
+  const uint16_t* v_rows_bf16[kSpanKeys];  // [S] -> [D] bf16 values, if bf16_values
+  const auto* zero_row_bf16 = reinterpret_cast<const uint16_t*>(zero_row);
 
-  for (int64_t chunk = key_begin; chunk < key_end; chunk += kLanes) {
-    const int64_t chunk_len = std::min<int64_t>(kLanes, key_end - chunk);
-    for (int64_t i = 0; i < kLanes; ++i) {
-      if (i >= chunk_len) {
-        k_rows[i] = v_rows[i] = zero_row;
-        continue;
-      }
-      prefetch_one();
-      const std::byte* key = next_key.key();
-      const std::byte* value = key + value_offset;
-      next_key.Next();
-      if (in_place) {
-        k_rows[i] = reinterpret_cast<const float*>(key);
-        v_rows[i] = reinterpret_cast<const float*>(value);
-      } else {
-        float* k_dst = k_chunk + i * padded_dim;
-        float* v_dst = v_chunk + i * padded_dim;
-        if (kv.dtype == DType::kBF16) {
-          WidenBf16Rows(reinterpret_cast<const uint16_t*>(key),
-                        reinterpret_cast<const uint16_t*>(value), k_dst, v_dst, dim);
-        } else {
-          std::memcpy(k_dst, key, static_cast<size_t>(dim * 4));
-          std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
+  for (int64_t span = key_begin; span < key_end; span += kSpanKeys) {
+    const int64_t span_len = std::min<int64_t>(kSpanKeys, key_end - span);
+    // 1. Scores s_i = q.k_i / sqrt(D) of every row for the span's keys, chunk by chunk: one
+    //    accumulator per key, summed across lanes at the end. Keys a row does not see get a
+    //    score too; step 2 masks them.
+    for (int64_t c = 0; c < kSpanKeys; c += kLanes) {
+      const int64_t chunk_len = std::clamp<int64_t>(span_len - c, 0, kLanes);
+      for (int64_t i = 0; i < kLanes; ++i) {
+        if (i >= chunk_len) {
+          k_rows[i] = v_rows[c + i] = zero_row;
+          v_rows_bf16[c + i] = zero_row_bf16;
+          continue;
         }
-        k_rows[i] = k_dst;
-        v_rows[i] = v_dst;
+        prefetch_one();
+        const std::byte* key = next_key.key();
+        const std::byte* value = key + value_offset;
+        next_key.Next();
+        if (in_place) {
+          k_rows[i] = reinterpret_cast<const float*>(key);
+          v_rows[c + i] = reinterpret_cast<const float*>(value);
+        } else {
+          float* k_dst = k_chunk + i * padded_dim;
+          float* v_dst = v_span + (c + i) * padded_dim;
+          if (bf16_values) {
+            WidenBf16Row(reinterpret_cast<const uint16_t*>(key), k_dst, dim);
+            v_rows_bf16[c + i] = reinterpret_cast<const uint16_t*>(value);
+          } else if (kv.dtype == DType::kBF16) {
+            WidenBf16Rows(reinterpret_cast<const uint16_t*>(key),
+                          reinterpret_cast<const uint16_t*>(value), k_dst, v_dst, dim);
+          } else {
+            std::memcpy(k_dst, key, static_cast<size_t>(dim * 4));
+            std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
+          }
+          k_rows[i] = k_dst;
+          v_rows[c + i] = v_dst;
+        }
+      }
+      if (chunk_len == 0) continue;
+      for (int64_t t = t_begin; t < t_end; ++t) {
+        const int64_t position = job.q_start + t;
+        const int64_t chunk = span + c;
+        if (FirstVisibleKey(position, job.window) >= chunk + chunk_len || position < chunk)
+          continue;  // no key of the chunk is visible to this query
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t r = (t - t_begin) * group + g;
+          const float* q = q_rows + r * padded_dim;
+          V acc[kLanes];
+#pragma GCC unroll 16
+          for (V& a : acc) a = Isa::Zero();
+          for (int64_t d = 0; d < padded_dim; d += kLanes) {
+            const V q_part = Isa::Load(q + d);
+#pragma GCC unroll 16
+            for (int i = 0; i < kLanes; ++i)
+              acc[i] = Isa::MulAdd(q_part, Isa::Load(k_rows[i] + d), acc[i]);
+          }
+          Isa::Store(scores + r * kSpanKeys + c, Isa::SumLanesOf(acc));
+        }
       }
     }
 
+    // 2. Per query with a visible key in the span (keys [visible_begin, visible_end) of it): the
+    //    online softmax update (see the top of the file) of each of its G rows, once per span,
+    //    leaving p_i = e^(s_i - m') (0 for keys it does not see) in place of the scores; then
+    //    3. o' = a o + sum_i p_i v_i for the G rows together, four at a time.
     for (int64_t t = t_begin; t < t_end; ++t) {
-      // Lanes [lane_begin, lane_end) of the chunk are keys this query sees.
       const int64_t position = job.q_start + t;
-      const int64_t lane_begin =
-          std::max<int64_t>(FirstVisibleKey(position, job.window) - chunk, 0);
-      const int64_t lane_end = std::min<int64_t>(position + 1 - chunk, chunk_len);
-      if (lane_begin >= lane_end) continue;
+      const int64_t visible_begin =
+          std::max<int64_t>(FirstVisibleKey(position, job.window) - span, 0);
+      const int64_t visible_end = std::min<int64_t>(position + 1 - span, span_len);
+      if (visible_begin >= visible_end) continue;
+      const int64_t r0 = (t - t_begin) * group;
       for (int64_t g = 0; g < group; ++g) {
-        const int64_t r = (t - t_begin) * group + g;
-        // Scores s_i = q.k_i / sqrt(D): one accumulator per key, summed across lanes at the end.
-        const float* q = q_rows + r * padded_dim;
-        V acc[kLanes];
-#pragma GCC unroll 16
-        for (V& a : acc) a = Isa::Zero();
-        for (int64_t d = 0; d < padded_dim; d += kLanes) {
-          const V q_part = Isa::Load(q + d);
-#pragma GCC unroll 16
-          for (int i = 0; i < kLanes; ++i)
-            acc[i] = Isa::MulAdd(q_part, Isa::Load(k_rows[i] + d), acc[i]);
+        float* s = scores + (r0 + g) * kSpanKeys;
+        V chunk_scores[kSpanChunks];
+        V max = Isa::Set1(-kInf);
+#pragma GCC unroll 4
+        for (int c = 0; c < kSpanChunks; ++c) {
+          const int64_t first = std::clamp<int64_t>(visible_begin - c * kLanes, 0, kLanes);
+          const int64_t last = std::clamp<int64_t>(visible_end - c * kLanes, 0, kLanes);
+          chunk_scores[c] = Isa::KeepLanes(Isa::Load(s + c * kLanes), first, last, -kInf);
+          max = Isa::Max(max, chunk_scores[c]);
         }
-        const V scores = Isa::KeepLanes(Isa::SumLanesOf(acc), lane_begin, lane_end, -kInf);
-
-        // Online softmax update (see the top of the file).
+        const int64_t r = r0 + g;
         const float m_old = row_max[r];
-        const float m_new = std::max(m_old, Isa::ReduceMax(scores));
+        const float m_new = std::max(m_old, Isa::ReduceMax(max));
         const float alpha = m_new == m_old ? 1.0f : std::exp(m_old - m_new);  // 0 at first
         row_max[r] = m_new;
-        const V p = Isa::KeepLanes(ExpNonPositive(Isa::Sub(scores, Isa::Set1(m_new))), lane_begin,
-                                   lane_end, 0.0f);
-        const V alpha_v = Isa::Set1(alpha);
-        float* sum = row_sum + r * kLanes;
-        Isa::Store(sum, Isa::MulAdd(Isa::Load(sum), alpha_v, p));
-        Isa::Store(probs, p);
-        V p_lane[kLanes];  // p_i broadcast to every lane
-#pragma GCC unroll 16
-        for (int i = 0; i < kLanes; ++i) p_lane[i] = Isa::Set1(probs[i]);
-        float* o = o_rows + r * padded_dim;
-        for (int64_t d = 0; d < padded_dim; d += kLanes) {
-          V o_part = Isa::Mul(Isa::Load(o + d), alpha_v);
-#pragma GCC unroll 16
-          for (int i = 0; i < kLanes; ++i)
-            o_part = Isa::MulAdd(p_lane[i], Isa::Load(v_rows[i] + d), o_part);
-          Isa::Store(o + d, o_part);
+        V p_sum = Isa::Zero();
+#pragma GCC unroll 4
+        for (int c = 0; c < kSpanChunks; ++c) {
+          const int64_t first = std::clamp<int64_t>(visible_begin - c * kLanes, 0, kLanes);
+          const int64_t last = std::clamp<int64_t>(visible_end - c * kLanes, 0, kLanes);
+          V p = Isa::Zero();
+          if (first < last) {
+            p = Isa::KeepLanes(ExpNonPositive(Isa::Sub(chunk_scores[c], Isa::Set1(m_new))), first,
+                               last, 0.0f);
+          }
+          Isa::Store(s + c * kLanes, p);
+          p_sum = Isa::Add(p_sum, p);
         }
+        float* sum = row_sum + r * kLanes;
+        Isa::Store(sum, Isa::MulAdd(Isa::Load(sum), Isa::Set1(alpha), p_sum));
+        alphas[g] = alpha;
+      }
+      if (bf16_values) {
+        AccumulateAllValues(v_rows_bf16, scores + r0 * kSpanKeys, alphas, o_rows + r0 * padded_dim,
+                            group, padded_dim);
+      } else {
+        AccumulateAllValues(v_rows, scores + r0 * kSpanKeys, alphas, o_rows + r0 * padded_dim,
+                            group, padded_dim);
       }
     }
   }
