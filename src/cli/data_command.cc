@@ -55,6 +55,7 @@ struct DataOptions {
   double long_range_ratio = 0.0;
   int64_t long_range_length = 0;
   int64_t long_range_min_distance = 0;
+  int long_range_repeat_spans = LongRangeOptions{}.repeat_spans;
   std::string long_range_kinds = "pass_key,key_value";
 };
 
@@ -110,6 +111,9 @@ std::string CommandLine(const DataOptions& options) {
          << options.long_range_length;
     if (options.long_range_min_distance > 0) {
       line << " --long-range-min-distance " << options.long_range_min_distance;
+    }
+    if (options.long_range_repeat_spans != DataOptions{}.long_range_repeat_spans) {
+      line << " --long-range-repeat-spans " << options.long_range_repeat_spans;
     }
     if (options.long_range_kinds != DataOptions{}.long_range_kinds) {
       line << " --long-range-kinds " << options.long_range_kinds;
@@ -259,6 +263,7 @@ void RunData(const DataOptions& options) {
         std::ceil(options.long_range_ratio * static_cast<double>(train.size()) /
                   static_cast<double>(options.long_range_length)));
     long_options.min_distance = options.long_range_min_distance;
+    long_options.repeat_spans = options.long_range_repeat_spans;
     long_options.kinds = long_range_kinds;
     long_options.seed = options.seed;
     const std::vector<LongRangeSequence> sequences =
@@ -382,10 +387,17 @@ void RegisterDataCommand(CLI::App& app) {
                    "repeated span and its repeat)")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30));
   command
+      ->add_option("--long-range-repeat-spans", options->long_range_repeat_spans,
+                   "spans a repeat or random_repeat sequence repeats (fewer where the length "
+                   "cannot hold them all twice); more spans make longer sequences as "
+                   "copy-dense as short ones")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  command
       ->add_option(
           "--long-range-kinds", options->long_range_kinds,
           "synthetic sequence kinds, drawn uniformly: pass_key (a pass key in filler, "
-          "asked at the end), key_value (4 key/value facts, one asked), repeat (6 spans "
+          "asked at the end), key_value (4 key/value facts, one asked), repeat (spans "
           "of filler, each repeated later: dense copying), random_repeat (the same with spans of "
           "random tokens)")
       ->capture_default_str();

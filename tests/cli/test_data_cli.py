@@ -175,6 +175,33 @@ def main():
     check(repeat_share > plain_share + 0.15,
           f"repeat records copy far more of themselves: {repeat_share:.2f} vs {plain_share:.2f}")
 
+    # --long-range-repeat-spans: more spans per 512-token sequence copy more of it; recorded in
+    # data.json and the command line.
+    def repeat_run(name, *extra):
+        out_dir = os.path.join(work, name)
+        r = run(m, "data", "--in", a, b, "--out", out_dir, "--tokenizer", os.path.join(out, "tokenizer.model"),
+                "--long-range-ratio", "0.5", "--long-range-length", "512", "--long-range-kinds", "repeat",
+                "--seed", "5", *extra)
+        check(r.returncode == 0, f"{name} exits 0 ({r.stderr[-1000:]})")
+        info = json.load(open(os.path.join(out_dir, "data.json")))
+        _, ids = read_shard(os.path.join(out_dir, "train_longrange.bin"))
+        return info, copied_share([ids[i:i + 512] for i in range(0, len(ids), 512)])
+
+    default_info, default_share = repeat_run("spans-default")
+    dense_info, dense_share = repeat_run("spans-12", "--long-range-repeat-spans", "12")
+    check(default_info["long_range"]["repeat_spans"] == 6 and dense_info["long_range"]["repeat_spans"] == 12,
+          f"data.json records the spans: {default_info['long_range']}, {dense_info['long_range']}")
+    check("--long-range-repeat-spans 12" in dense_info["command"]
+          and "--long-range-repeat-spans" not in default_info["command"],
+          "the command records --long-range-repeat-spans when it is not the default")
+    check(dense_share > default_share + 0.1,
+          f"12 spans copy more of a 512-token record than 6: {dense_share:.2f} vs {default_share:.2f}")
+    print(f"repeat spans 6 / 12: copied share {default_share:.2f} / {dense_share:.2f}")
+    r = run(m, "data", "--in", a, "--out", os.path.join(work, "spans-0"), "--long-range-ratio", "0.5",
+            "--long-range-length", "512", "--long-range-repeat-spans", "0")
+    check(r.returncode != 0 and "--long-range-repeat-spans" in r.stderr,
+          f"--long-range-repeat-spans 0 is refused, naming the flag ({r.stderr[-300:]})")
+
     # --- errors a user can act on
     empty = os.path.join(work, "empty.txt")
     open(empty, "w").close()
