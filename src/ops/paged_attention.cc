@@ -635,12 +635,13 @@ Isa::V ExpNonPositive(Isa::V x_in) {
   return Isa::Mul(p, Isa::Pow2(n));
 }
 
+// Value rows are f32, or bf16 read straight from the pool (with Dp == D).
+Isa::V LoadRow(const float* p) { return Isa::Load(p); }
+Isa::V LoadRow(const uint16_t* p) { return Isa::LoadBf16(p); }
+
 // o[n] = alphas[n] o[n] + sum_i probs[n, i] v_i over the S keys of a span, for N rows o[N, Dp]
 // (probs[N, S]) at once: each value vector is loaded once for all N rows, and the N multiply-add
 // chains are independent.
-// Values are f32 rows, or bf16 rows read straight from the pool (with Dp == D).
-Isa::V LoadRow(const float* p) { return Isa::Load(p); }
-Isa::V LoadRow(const uint16_t* p) { return Isa::LoadBf16(p); }
 
 template <int N, typename Element>
 void AccumulateValues(const Element* const (&v_rows)[kSpanChunks * Isa::kLanes], const float* probs,
@@ -744,8 +745,9 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
   for (int64_t span = key_begin; span < key_end; span += kSpanKeys) {
     const int64_t span_len = std::min<int64_t>(kSpanKeys, key_end - span);
     // 1. Scores s_i = q.k_i / sqrt(D) of every row for the span's keys, chunk by chunk: one
-    //    accumulator per key, summed across lanes at the end. Keys a row does not see get a
-    //    score too; step 2 masks them.
+    //    accumulator per key, summed across lanes at the end. A chunk a query sees no key of is
+    //    skipped for its rows; the keys it does not see in the others get a score, which step 2
+    //    masks.
     for (int64_t c = 0; c < kSpanKeys; c += kLanes) {
       const int64_t chunk_len = std::clamp<int64_t>(span_len - c, 0, kLanes);
       for (int64_t i = 0; i < kLanes; ++i) {
