@@ -594,6 +594,8 @@ void PagedAttention(std::span<const AttentionJob> jobs, int64_t query_heads, Att
 // Kernel pass: included inside namespace mixattn::ops::{anonymous}::<isa>, after that namespace's
 // `struct Isa`, and inside its target region. Includes nothing and opens no namespace.
 
+constexpr int kSpanKeys = kSpanChunks * Isa::kLanes;  // S
+
 // out[D] = bf16 row in[D] widened to f32.
 void WidenBf16Row(const uint16_t* in, float* out, int64_t dim) {
   int64_t d = 0;
@@ -642,11 +644,9 @@ Isa::V LoadRow(const uint16_t* p) { return Isa::LoadBf16(p); }
 // o[n] = alphas[n] o[n] + sum_i probs[n, i] v_i over the S keys of a span, for N rows o[N, Dp]
 // (probs[N, S]) at once: each value vector is loaded once for all N rows, and the N multiply-add
 // chains are independent.
-
 template <int N, typename Element>
-void AccumulateValues(const Element* const (&v_rows)[kSpanChunks * Isa::kLanes], const float* probs,
+void AccumulateValues(const Element* const (&v_rows)[kSpanKeys], const float* probs,
                       const float* alphas, float* o, int64_t padded_dim) {
-  constexpr int kSpanKeys = kSpanChunks * Isa::kLanes;
   for (int64_t d = 0; d < padded_dim; d += Isa::kLanes) {
     Isa::V acc[N];
 #pragma GCC unroll 4
@@ -666,10 +666,8 @@ void AccumulateValues(const Element* const (&v_rows)[kSpanChunks * Isa::kLanes],
 
 // AccumulateValues for `rows` rows, four at a time.
 template <typename Element>
-void AccumulateAllValues(const Element* const (&v_rows)[kSpanChunks * Isa::kLanes],
-                         const float* probs, const float* alphas, float* o, int64_t rows,
-                         int64_t padded_dim) {
-  constexpr int64_t kSpanKeys = kSpanChunks * Isa::kLanes;
+void AccumulateAllValues(const Element* const (&v_rows)[kSpanKeys], const float* probs,
+                         const float* alphas, float* o, int64_t rows, int64_t padded_dim) {
   int64_t n = 0;
   for (; n + 4 <= rows; n += 4)
     AccumulateValues<4>(v_rows, probs + n * kSpanKeys, alphas + n, o + n * padded_dim, padded_dim);
@@ -698,7 +696,6 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
   float* zero_row = scratch + layout.zero_row;
   float* scores = scratch + layout.scores;
   float* alphas = scratch + layout.alphas;
-  constexpr int kSpanKeys = kSpanChunks * kLanes;
 
   // Rows start from q / sqrt(D), o = 0, m = -inf, l = 0; padding lanes stay zero throughout.
   const float scale = 1.0f / std::sqrt(static_cast<float>(dim));
@@ -813,6 +810,11 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
           std::max<int64_t>(FirstVisibleKey(position, job.window) - span, 0);
       const int64_t visible_end = std::min<int64_t>(position + 1 - span, span_len);
       if (visible_begin >= visible_end) continue;
+      int64_t first[kSpanChunks], last[kSpanChunks];  // visible lanes of each chunk
+      for (int c = 0; c < kSpanChunks; ++c) {
+        first[c] = std::clamp<int64_t>(visible_begin - c * kLanes, 0, kLanes);
+        last[c] = std::clamp<int64_t>(visible_end - c * kLanes, 0, kLanes);
+      }
       const int64_t r0 = (t - t_begin) * group;
       for (int64_t g = 0; g < group; ++g) {
         float* s = scores + (r0 + g) * kSpanKeys;
@@ -820,9 +822,7 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
         V max = Isa::Set1(-kInf);
 #pragma GCC unroll 4
         for (int c = 0; c < kSpanChunks; ++c) {
-          const int64_t first = std::clamp<int64_t>(visible_begin - c * kLanes, 0, kLanes);
-          const int64_t last = std::clamp<int64_t>(visible_end - c * kLanes, 0, kLanes);
-          chunk_scores[c] = Isa::KeepLanes(Isa::Load(s + c * kLanes), first, last, -kInf);
+          chunk_scores[c] = Isa::KeepLanes(Isa::Load(s + c * kLanes), first[c], last[c], -kInf);
           max = Isa::Max(max, chunk_scores[c]);
         }
         const int64_t r = r0 + g;
@@ -833,12 +833,10 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
         V p_sum = Isa::Zero();
 #pragma GCC unroll 4
         for (int c = 0; c < kSpanChunks; ++c) {
-          const int64_t first = std::clamp<int64_t>(visible_begin - c * kLanes, 0, kLanes);
-          const int64_t last = std::clamp<int64_t>(visible_end - c * kLanes, 0, kLanes);
           V p = Isa::Zero();
-          if (first < last) {
-            p = Isa::KeepLanes(ExpNonPositive(Isa::Sub(chunk_scores[c], Isa::Set1(m_new))), first,
-                               last, 0.0f);
+          if (first[c] < last[c]) {
+            p = Isa::KeepLanes(ExpNonPositive(Isa::Sub(chunk_scores[c], Isa::Set1(m_new))),
+                               first[c], last[c], 0.0f);
           }
           Isa::Store(s + c * kLanes, p);
           p_sum = Isa::Add(p_sum, p);
