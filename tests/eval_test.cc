@@ -230,6 +230,29 @@ TEST(EvalSummaryTest, MeansPerLengthAndPerDepth) {
   EXPECT_DOUBLE_EQ(by_depth[1].accuracy, 1.0);
 }
 
+// copy outcomes carry a loss; the summary gives its mean and a normal 95% interval, and tasks
+// without one have none.
+TEST(EvalSummaryTest, CopyLossMeanAndInterval) {
+  std::vector<eval::Sample> samples(5);
+  std::vector<eval::SampleOutcome> outcomes(5);
+  const double losses[4] = {1.0, 2.0, 3.0, 6.0};  // mean 3, sample variance 14/3
+  for (int i = 0; i < 4; ++i) {
+    samples[i].task = Task::kCopy;
+    samples[i].length = 256;
+    outcomes[i].nll = losses[i];
+  }
+  samples[4].task = Task::kNiahSingle;
+  samples[4].length = 256;
+  const std::vector<eval::TaskScore> scores = eval::Summarize(samples, outcomes, false);
+  ASSERT_EQ(scores.size(), 2u);
+  ASSERT_TRUE(scores[0].nll.has_value());
+  EXPECT_DOUBLE_EQ(*scores[0].nll, 3.0);
+  const double half = 1.959963984540054 * std::sqrt(14.0 / 3.0 / 4.0);
+  EXPECT_NEAR(scores[0].nll_interval.low, 3.0 - half, 1e-12);
+  EXPECT_NEAR(scores[0].nll_interval.high, 3.0 + half, 1e-12);
+  EXPECT_FALSE(scores[1].nll.has_value());
+}
+
 TEST_F(EvalTest, CopySamplesRepeatARandomSpanFromTheDepth) {
   const eval::Haystack hay = haystack();
   constexpr int64_t kSpan = eval::kCopySpanTokens;
@@ -288,14 +311,22 @@ TEST_F(EvalTest, CopyScoreIsTheGreedyHitRateOfTheReferenceForward) {
     const int64_t vocab = config.vocab_size;
     std::vector<int> predicted;
     int64_t correct = 0;
+    double nll = 0;
     for (int64_t t = sample.copy_begin; t + 1 < sample.length; ++t) {
       const float* row = logits.data.data() + t * vocab;
       predicted.push_back(static_cast<int>(std::max_element(row, row + vocab) - row));
-      correct += predicted.back() == sample.prompt[static_cast<size_t>(t + 1)];
+      const int target = sample.prompt[static_cast<size_t>(t + 1)];
+      correct += predicted.back() == target;
+      double partition = 0;
+      for (int64_t v = 0; v < vocab; ++v) partition += std::exp(static_cast<double>(row[v]));
+      nll += std::log(partition) - row[target];
     }
     EXPECT_EQ(outcomes[i].output, tokenizer().Decode(predicted)) << i;
     EXPECT_DOUBLE_EQ(outcomes[i].score, static_cast<double>(correct) / (eval::kCopySpanTokens - 1));
+    ASSERT_TRUE(outcomes[i].nll.has_value()) << i;
+    EXPECT_NEAR(*outcomes[i].nll, nll / (eval::kCopySpanTokens - 1), 1e-3) << i;
   }
+  EXPECT_FALSE(outcomes.back().nll.has_value()) << "only copy samples have a copy loss";
   // The question task in the same run still generates greedily: its answer starts with the
   // reference forward's argmax after the prompt (the weights are chosen so that it is neither EOS
   // nor the newline that ends an answer).

@@ -195,6 +195,7 @@ void RunEval(const EvalOptions& options) {
                    {"answers", sample.answers},
                    {"output", outcomes[i].output},
                    {"score", outcomes[i].score}});
+      if (outcomes[i].nll) line["nll"] = *outcomes[i].nll;
       file << line.dump(-1, ' ', false, Json::error_handler_t::replace) << "\n";
     }
   }
@@ -222,11 +223,24 @@ void RunEval(const EvalOptions& options) {
       if (score.task == task) std::printf("  %-22s", Cell(score.accuracy, score.interval).c_str());
     }
     std::printf("\n");
+    if (task != eval::Task::kCopy) continue;
+    std::printf("%-16s", "copy nll");
+    for (const eval::TaskScore& score : by_length) {
+      if (score.task != task || !score.nll) continue;
+      char text[48];
+      std::snprintf(text, sizeof text, "%.2f [%.2f,%.2f]", *score.nll, score.nll_interval.low,
+                    score.nll_interval.high);
+      std::printf("  %-22s", text);
+    }
+    std::printf("\n");
   }
   std::printf(
       "(ppl: perplexity of %lld windows per length; tasks: accuracy of %lld samples per "
-      "length, 95%% interval; %.0f s)\n",
+      "length, 95%% interval%s; %.0f s)\n",
       static_cast<long long>(options.ppl_windows), static_cast<long long>(options.samples),
+      std::find(tasks.begin(), tasks.end(), eval::Task::kCopy) != tasks.end()
+          ? "; copy nll: mean loss (nats) on the repeated tokens, about ln V without copying"
+          : "",
       seconds);
 
   if (!options.json_path.empty()) {
@@ -266,6 +280,11 @@ void RunEval(const EvalOptions& options) {
                     {"ci_low", s.interval.low},
                     {"ci_high", s.interval.high},
                     {"mean_distance", s.mean_distance}});
+        if (s.nll) {
+          row.update({{"nll", *s.nll},
+                      {"nll_low", s.nll_interval.low},
+                      {"nll_high", s.nll_interval.high}});
+        }
         rows.push_back(row);
       }
       return rows;

@@ -26,6 +26,24 @@ double TokenNll(const float* row, int64_t vocab, int target) {
   return top + std::log(sum) - static_cast<double>(row[target]);
 }
 
+struct MeanInterval {
+  double mean = 0;
+  Interval interval;  // 95%, normal approximation; zero width for one value
+};
+MeanInterval NormalMeanInterval(std::span<const double> values) {
+  MIXATTN_CHECK(!values.empty());
+  const auto n = static_cast<double>(values.size());
+  double sum = 0, square = 0;
+  for (double v : values) {
+    sum += v;
+    square += v * v;
+  }
+  const double mean = sum / n;
+  const double variance = n > 1 ? std::max(0.0, (square - sum * mean) / (n - 1)) : 0.0;
+  const double half = kZ95 * std::sqrt(variance / n);
+  return {mean, {mean - half, mean + half}};
+}
+
 }  // namespace
 
 Interval WilsonInterval(double mean, int64_t n) {
@@ -123,6 +141,7 @@ std::vector<SampleOutcome> RunSamples(const ModelConfig& config, const ModelWeig
     const int64_t length = entry.first;
     const std::vector<size_t>& indices = entry.second;
     std::vector<std::vector<int>> predicted(indices.size());
+    std::vector<double> nll(indices.size(), 0.0);
     const int64_t done_before = done;
     ForEachLogitsRow(
         config, weights, engine_options, static_cast<int64_t>(indices.size()), length,
@@ -134,6 +153,8 @@ std::vector<SampleOutcome> RunSamples(const ModelConfig& config, const ModelWeig
           if (t >= sample.copy_begin && t + 1 < length) {
             predicted[static_cast<size_t>(j)].push_back(
                 static_cast<int>(Argmax(logits, config.vocab_size)));
+            nll[static_cast<size_t>(j)] +=
+                TokenNll(logits, config.vocab_size, sample.prompt[static_cast<size_t>(t + 1)]);
           }
         },
         [&](int64_t finished, int64_t) {
@@ -150,6 +171,7 @@ std::vector<SampleOutcome> RunSamples(const ModelConfig& config, const ModelWeig
       outcomes[indices[j]].output = tokenizer.Decode(predicted[j]);
       outcomes[indices[j]].score =
           static_cast<double>(correct) / static_cast<double>(expected.size());
+      outcomes[indices[j]].nll = nll[j] / static_cast<double>(expected.size());
     }
   }
 
@@ -213,18 +235,10 @@ PerplexityResult Perplexity(const ModelConfig& config, const ModelWeights& weigh
   result.length = length;
   result.windows = windows;
   result.tokens = windows * length;
-  double sum = 0, square = 0;
-  for (double& total : window_nll) {
-    total /= static_cast<double>(length);
-    sum += total;
-    square += total * total;
-  }
-  result.nll = sum / static_cast<double>(windows);
-  const double variance =
-      windows > 1 ? std::max(0.0, (square - sum * result.nll) / static_cast<double>(windows - 1))
-                  : 0.0;
-  const double half = kZ95 * std::sqrt(variance / static_cast<double>(windows));
-  result.nll_interval = {result.nll - half, result.nll + half};
+  for (double& total : window_nll) total /= static_cast<double>(length);
+  const MeanInterval mean = NormalMeanInterval(window_nll);
+  result.nll = mean.mean;
+  result.nll_interval = mean.interval;
   return result;
 }
 
@@ -247,13 +261,20 @@ std::vector<TaskScore> Summarize(std::span<const Sample> samples,
     std::tie(score.task, score.length, score.depth) = key;
     score.samples = static_cast<int64_t>(indices.size());
     double total = 0, distance = 0;
+    std::vector<double> nll;
     for (size_t i : indices) {
       total += outcomes[i].score;
       distance += static_cast<double>(samples[i].distance);
+      if (outcomes[i].nll) nll.push_back(*outcomes[i].nll);
     }
     score.accuracy = total / static_cast<double>(score.samples);
     score.mean_distance = distance / static_cast<double>(score.samples);
     score.interval = WilsonInterval(score.accuracy, score.samples);
+    if (!nll.empty()) {
+      const MeanInterval mean = NormalMeanInterval(nll);
+      score.nll = mean.mean;
+      score.nll_interval = mean.interval;
+    }
     scores.push_back(score);
   }
   return scores;

@@ -32,6 +32,10 @@ Interval WilsonInterval(double mean, int64_t n);
 struct SampleOutcome {
   std::string output;  // the generated text
   double score = 0;    // ScoreOutput(sample.answers, output)
+  // copy only: mean negative log-likelihood of the repeated tokens (after the first), nats. A
+  // continuous measure of copying: ln V for a model that copies nothing and knows nothing of
+  // the span, towards 0 for one that copies surely.
+  std::optional<double> nll;
 };
 
 // Progress of a long run: (done, total).
@@ -41,7 +45,8 @@ using Progress = std::function<void(int64_t done, int64_t total)>;
 // sequence or the sample's max_tokens; returns the outcomes in sample order. The engine options
 // decide memory and batching; requests are admitted as memory allows. copy samples generate
 // nothing: their prompts run teacher-forced through the model runner, the output is the greedy
-// prediction of each repeated token and the score the fraction predicted right.
+// prediction of each repeated token, the score the fraction predicted right and nll their mean
+// negative log-likelihood.
 std::vector<SampleOutcome> RunSamples(const ModelConfig& config, const ModelWeights& weights,
                                       const Tokenizer& tokenizer, std::span<const Sample> samples,
                                       const EngineOptions& engine_options,
@@ -74,6 +79,9 @@ struct TaskScore {
   double accuracy = 0;  // mean score
   Interval interval;
   double mean_distance = 0;  // tokens between the queried fact and the question
+  // copy only: the mean of the samples' nll and its 95% interval (normal approximation).
+  std::optional<double> nll;
+  Interval nll_interval;
 };
 
 // Means by (task, length) and by (task, length, depth), in the order of first appearance.

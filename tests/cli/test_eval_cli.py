@@ -47,6 +47,7 @@ def main():
     check(table and table[0].split() == ["task", "256", "320"], f"table header: {table[:1]}")
     for name in ["ppl"] + TASKS:
         check(any(line.split()[:1] == [name] for line in table), f"table has a row for {name}")
+    check(any(line.split()[:2] == ["copy", "nll"] for line in table), "table has a copy nll row")
 
     if os.path.exists(out_json):
         result = json.load(open(out_json))
@@ -69,6 +70,9 @@ def main():
         for t in rows:
             check(t["samples"] == 4 and 0 <= t["ci_low"] <= t["accuracy"] <= t["ci_high"] <= 1,
                   f"{t['task']}@{t['length']}: samples and interval")
+            check(("nll" in t) == (t["task"] == "copy"), f"{t['task']}: copy rows alone have nll")
+            if t["task"] == "copy":
+                check(t["nll_low"] <= t["nll"] <= t["nll_high"], "copy nll inside its interval")
         depth_rows = [t for t in result["by_depth"] if t["task"] == "niah_single"]
         check(sorted((t["length"], t["depth"]) for t in depth_rows) ==
               [(256, 0.0), (256, 1.0), (320, 0.0), (320, 1.0)], "niah_single per depth")
@@ -87,6 +91,7 @@ def main():
                 # Teacher-forced: the score is a share of 15 predicted tokens.
                 check(abs(line["score"] * 15 - round(line["score"] * 15)) < 1e-9,
                       f"copy score {line['score']} counts 15 tokens")
+                check(0 < line["nll"] < 30, f"copy line has its loss in nats ({line['nll']})")
                 continue
             words = [w.strip(".,") for w in line["output"].split()]
             found = sum(a in words for a in line["answers"]) / len(line["answers"])
