@@ -16,6 +16,7 @@
 #include <cstdint>
 #include <oneapi/dnnl/dnnl.hpp>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -112,6 +113,45 @@ void OneDnnShapes(benchmark::internal::Benchmark* bench) {
 
 BENCHMARK(BM_Linear)->Apply(LinearShapes)->ArgNames({"bf16", "M", "N", "K"})->UseRealTime();
 BENCHMARK(BM_OneDnnF32)->Apply(OneDnnShapes)->ArgNames({"any", "M", "N", "K"})->UseRealTime();
+
+// Cold weights: the bench model's projections (12 layers of q 512x512, k and v 128x512 each,
+// o 512x512, gate and up 1536x512, down 512x1536; about 72 MB in bf16, more than the L3 holds) run
+// in order, as one decode step does, so every weight comes from DRAM. weight_B/s here is the
+// figure to hold against the DRAM read bandwidth. Args: M (rows of x).
+void BM_LinearColdStack(benchmark::State& state) {
+  const int64_t rows = state.range(0);
+  constexpr int64_t kLayers = 12, kWidth = 512, kKv = 128, kFfn = 1536;
+  const std::vector<float> w = RandomVector(kFfn * kWidth, 1);
+  const std::vector<float> x = RandomVector(rows * kFfn, 2);
+  std::vector<float> y(static_cast<size_t>(rows * kFfn));
+  std::vector<Linear> stack;
+  for (int64_t layer = 0; layer < kLayers; ++layer) {
+    for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{kWidth, kWidth},
+                                                                       {kKv, kWidth},
+                                                                       {kKv, kWidth},
+                                                                       {kWidth, kWidth},
+                                                                       {kFfn, kWidth},
+                                                                       {kFfn, kWidth},
+                                                                       {kWidth, kFfn}}) {
+      stack.emplace_back(w.data(), n, k, DType::kBF16);
+    }
+  }
+  int64_t bytes = 0;
+  for (const Linear& linear : stack) {
+    bytes += linear.weight_bytes();
+    linear.Forward(x.data(), rows, y.data());
+  }
+  for (auto _ : state) {
+    for (const Linear& linear : stack) linear.Forward(x.data(), rows, y.data());
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(stack.front().KernelName(rows));
+  state.counters["weight_B/s"] =
+      benchmark::Counter(static_cast<double>(bytes), benchmark::Counter::kIsIterationInvariantRate,
+                         benchmark::Counter::kIs1000);
+}
+BENCHMARK(BM_LinearColdStack)->ArgName("M")->Arg(1)->Arg(4)->Arg(8)->UseRealTime();
 
 // Elementwise kernels at a prefill chunk of 64 tokens, model width 512, FFN 1536, 8 x 64 heads.
 void SetBytes(benchmark::State& state, int64_t bytes) {

@@ -16,9 +16,10 @@
 namespace mixattn::ops {
 namespace {
 
-// Rows on both sides of Linear::kMaxSmallRows (small-batch kernel vs oneDNN).
+// Rows on both sides of Linear::kMaxSmallRows (small-batch kernel vs oneDNN); sizes cover each
+// of the bf16 kernel's paths over K (two-block steps, one block, a scalar tail).
 constexpr int64_t kRows[] = {1, 2, 3, 4, 5, 8, 9, 17, 64};
-constexpr int64_t kSizes[] = {1, 7, 64, 100, 257, 512};
+constexpr int64_t kSizes[] = {1, 7, 64, 100, 120, 257, 512};
 
 // f32 accumulation: a sum of K products carries a relative error of about sqrt(K) * 2^-24 in
 // practice (K * 2^-24 in the worst case, 3e-5 at K = 512), measured against sum_k |x_k w_k|.
