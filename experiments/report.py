@@ -10,7 +10,8 @@ Reads, for every preset directory under --experiment that holds eval.json: the e
                    (with its 95% interval in a second table), KV bytes per sequence at the longest
                    length, decode tokens/s
   accuracy.png     accuracy against context length, one panel per task, one line per preset
-  depth.png        niah_single accuracy and copy score by distance at the longest length, per preset
+  depth.png        niah_single accuracy and copy loss (nats on the repeated tokens) by distance at
+                   the longest length, per preset, with all-sliding's receptive field marked
   loss.png         validation loss curves of all presets (stage 2), and the training loss of the
                    copying stage (copy/PRESET/train.jsonl, smoothed): when each layout leaves the
                    plateau before in-context copying
@@ -19,6 +20,7 @@ Presets missing an eval.json are listed as not run yet.
 """
 import argparse
 import json
+import math
 import os
 
 import matplotlib
@@ -102,6 +104,7 @@ def main():
     summary = {"lengths": lengths, "presets": {}, "missing": [p for p in PRESETS if p not in runs]}
     header = ["preset", "layout", "val ppl"]
     header += [f"{t} @{n}" for t in TASKS for n in lengths]
+    header += [f"copy nll @{n}" for n in lengths]
     header += [f"KV/seq @{longest}", f"decode tok/s @{bench_context}" if bench_context else
                "decode tok/s"]
     table = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -122,6 +125,8 @@ def main():
                 a = acc.get((t, n))
                 row.append(f"{a['accuracy']:.2f}" if a else "-")
                 irow.append(f"[{a['ci_low']:.2f}, {a['ci_high']:.2f}]" if a else "-")
+        copy_nll = {n: acc[("copy", n)].get("nll") for n in lengths if ("copy", n) in acc}
+        row += [f"{copy_nll[n]:.2f}" if copy_nll.get(n) is not None else "-" for n in lengths]
         row += [human_bytes(kv), f"{rate:,.0f}" if rate else "-"]
         table.append("| " + " | ".join(row) + " |")
         intervals.append("| " + " | ".join(irow) + " |")
@@ -131,6 +136,7 @@ def main():
             "final_val_loss": runs[preset]["val"][-1][1] if runs[preset]["val"] else None,
             "accuracy": {f"{t}@{n}": acc[(t, n)]["accuracy"] for t in TASKS for n in lengths
                          if (t, n) in acc},
+            "copy_nll": {f"copy@{n}": v for n, v in copy_nll.items() if v is not None},
             "kv_bytes_per_sequence": kv, "decode_tokens_per_s": rate}
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write("\n".join(table) + "\n\n95% intervals (Wilson) of the accuracies above:\n\n")
@@ -180,17 +186,25 @@ def main():
                            if t["task"] == task and t["length"] == longest),
                           key=lambda t: t["mean_distance"])
             if rows:
-                ax.plot([r["mean_distance"] for r in rows], [r["accuracy"] for r in rows],
+                value = "accuracy" if task == "niah_single" else "nll"
+                ax.plot([r["mean_distance"] for r in rows], [r.get(value) for r in rows],
                         marker="o", label=preset, color=styles[preset][0])
         if windows:
             field = config["num_hidden_layers"] * (windows[0] - 1)
             ax.axvline(field, color="grey", linestyle=":")
-            ax.text(field, 1.02, " all-sliding receptive field", color="grey", fontsize=8)
+            ax.text(field, 0.98, " all-sliding receptive field", color="grey", fontsize=8,
+                    transform=ax.get_xaxis_transform(), va="top")
         what = "the pass key and the question" if task == "niah_single" else "the span and its repeat"
         ax.set_xlabel(f"tokens between {what} (length {longest})")
-        ax.set_ylabel(f"{task} " + ("accuracy" if task == "niah_single" else
-                                    "(share of repeated tokens predicted)"))
-        ax.set_ylim(-0.05, 1.1)
+        if task == "niah_single":
+            ax.set_ylabel("niah_single accuracy")
+            ax.set_ylim(-0.05, 1.1)
+        else:
+            vocab = config["vocab_size"]
+            ax.axhline(math.log(vocab), color="grey", linestyle="--")
+            ax.text(0, math.log(vocab), f" ln V = {math.log(vocab):.2f}: no copying", color="grey",
+                    fontsize=8, va="bottom")
+            ax.set_ylabel("copy loss on the repeated tokens (nats; lower = more copying)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -208,7 +222,7 @@ def main():
     lows = [v for run in runs.values() for _, v in run["val"][1:]]
     if lows:
         ax.set_ylim(min(lows) - 0.1, min(lows) + 1.5)
-    ax_copy.set_xlabel("step of stage 1 (random_repeat, 128 tokens)")
+    ax_copy.set_xlabel("step of stage 1 (random_repeat only)")
     ax_copy.set_ylabel("training loss, mean of 50 steps (nats/token)")
     ax_copy.set_title("the drop is the model starting to copy", fontsize=9)
     for a in (ax, ax_copy):
