@@ -212,6 +212,42 @@ void PrefetchKeyValue(const std::byte* key, int64_t value_offset, int64_t row_by
   }
 }
 
+// Walks key positions [begin, end) of one KV head in order, giving each one's K address (its V
+// is value_offset() further) and prefetching the K and V lines kPrefetchKeys positions ahead:
+// blocks sit at scattered pool addresses, so the hardware prefetcher stalls at every block
+// boundary. Only positions < end are prefetched (nothing else is listed).
+class PrefetchingKeyWalk {
+ public:
+  PrefetchingKeyWalk(const PagedKvView& kv, int64_t kv_head, int64_t begin, int64_t end)
+      : next_(kv, kv_head, begin),
+        ahead_(kv, kv_head, begin),
+        ahead_position_(begin),
+        end_(end),
+        row_bytes_(kv.head_dim * DTypeSize(kv.dtype)),
+        value_offset_(kv.block_tokens * kv.kv_heads * row_bytes_) {
+    for (int64_t i = 0; i < kPrefetchKeys; ++i) PrefetchOne();
+  }
+  int64_t value_offset() const { return value_offset_; }
+  // The next position's K address; the caller never asks for more than end - begin of them.
+  const std::byte* Next() {
+    PrefetchOne();
+    const std::byte* key = next_.key();
+    next_.Next();
+    return key;
+  }
+
+ private:
+  void PrefetchOne() {
+    if (ahead_position_ >= end_) return;
+    PrefetchKeyValue(ahead_.key(), value_offset_, row_bytes_);
+    ahead_.Next();
+    ++ahead_position_;
+  }
+  KeyCursor next_, ahead_;
+  int64_t ahead_position_, end_;
+  int64_t row_bytes_, value_offset_;
+};
+
 int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
 // Offsets (in floats, each 64-byte aligned relative to the base) of one work item's scratch.
@@ -637,6 +673,40 @@ Isa::V ExpNonPositive(Isa::V x_in) {
   return Isa::Mul(p, Isa::Pow2(n));
 }
 
+// The online softmax update of one row for one span (see the top of the file): scores s[S] of
+// which lanes [first[c], last[c]) of chunk c are visible; the running max m and the per-lane
+// denominators l[L] are updated, s is overwritten with p_i = e^(s_i - m') (0 where not visible),
+// and a = e^(m - m') is returned.
+float SoftmaxSpanUpdate(float* s, const int64_t (&first)[kSpanChunks],
+                        const int64_t (&last)[kSpanChunks], float& m, float* l) {
+  using V = Isa::V;
+  constexpr int kLanes = Isa::kLanes;
+  V chunk_scores[kSpanChunks];
+  V max = Isa::Set1(-kInf);
+#pragma GCC unroll 4
+  for (int c = 0; c < kSpanChunks; ++c) {
+    chunk_scores[c] = Isa::KeepLanes(Isa::Load(s + c * kLanes), first[c], last[c], -kInf);
+    max = Isa::Max(max, chunk_scores[c]);
+  }
+  const float m_old = m;
+  const float m_new = std::max(m_old, Isa::ReduceMax(max));
+  const float alpha = m_new == m_old ? 1.0f : std::exp(m_old - m_new);  // 0 at first
+  m = m_new;
+  V p_sum = Isa::Zero();
+#pragma GCC unroll 4
+  for (int c = 0; c < kSpanChunks; ++c) {
+    V p = Isa::Zero();
+    if (first[c] < last[c]) {
+      p = Isa::KeepLanes(ExpNonPositive(Isa::Sub(chunk_scores[c], Isa::Set1(m_new))), first[c],
+                         last[c], 0.0f);
+    }
+    Isa::Store(s + c * kLanes, p);
+    p_sum = Isa::Add(p_sum, p);
+  }
+  Isa::Store(l, Isa::MulAdd(Isa::Load(l), Isa::Set1(alpha), p_sum));
+  return alpha;
+}
+
 // Value rows are f32, or bf16 read straight from the pool (with Dp == D).
 Isa::V LoadRow(const float* p) { return Isa::Load(p); }
 Isa::V LoadRow(const uint16_t* p) { return Isa::LoadBf16(p); }
@@ -714,26 +784,14 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
   std::fill(v_span, v_span + kSpanKeys * padded_dim, 0.0f);
   std::fill(zero_row, zero_row + padded_dim, 0.0f);
 
-  const int64_t row_bytes = dim * DTypeSize(kv.dtype);
-  const int64_t value_offset = kv.block_tokens * kv.kv_heads * row_bytes;
   const bool in_place = kv.dtype == DType::kF32 && dim % kLanes == 0;
   // A decode tile (one query) reads bf16 values straight from the pool in step 3, where each
   // value vector serves all G rows, instead of widening them into v_span first.
   const bool bf16_values = kv.dtype == DType::kBF16 && dim % kLanes == 0 && t_end - t_begin == 1;
   const int64_t key_begin = FirstVisibleKey(job.q_start + t_begin, job.window);
   const int64_t key_end = job.q_start + t_end;
-  KeyCursor next_key(kv, kv_head, key_begin);
-  // Blocks sit at scattered pool addresses, so the hardware prefetcher stalls at every block
-  // boundary; prefetch kPrefetchKeys ahead by hand (only keys < key_end: nothing else is listed).
-  KeyCursor prefetch(kv, kv_head, key_begin);
-  int64_t prefetch_position = key_begin;
-  auto prefetch_one = [&] {
-    if (prefetch_position >= key_end) return;
-    PrefetchKeyValue(prefetch.key(), value_offset, row_bytes);
-    prefetch.Next();
-    ++prefetch_position;
-  };
-  for (int64_t i = 0; i < kPrefetchKeys; ++i) prefetch_one();
+  PrefetchingKeyWalk keys(kv, kv_head, key_begin, key_end);
+  const int64_t value_offset = keys.value_offset();
   const float* k_rows[kLanes];             // [L] -> [Dp] f32 keys of the chunk
   const float* v_rows[kSpanKeys];          // [S] -> [Dp] f32 values of the span
   const uint16_t* v_rows_bf16[kSpanKeys];  // [S] -> [D] bf16 values, if bf16_values
@@ -753,10 +811,8 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
           v_rows_bf16[c + i] = zero_row_bf16;
           continue;
         }
-        prefetch_one();
-        const std::byte* key = next_key.key();
+        const std::byte* key = keys.Next();
         const std::byte* value = key + value_offset;
-        next_key.Next();
         if (in_place) {
           k_rows[i] = reinterpret_cast<const float*>(key);
           v_rows[c + i] = reinterpret_cast<const float*>(value);
@@ -817,33 +873,9 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
       }
       const int64_t r0 = (t - t_begin) * group;
       for (int64_t g = 0; g < group; ++g) {
-        float* s = scores + (r0 + g) * kSpanKeys;
-        V chunk_scores[kSpanChunks];
-        V max = Isa::Set1(-kInf);
-#pragma GCC unroll 4
-        for (int c = 0; c < kSpanChunks; ++c) {
-          chunk_scores[c] = Isa::KeepLanes(Isa::Load(s + c * kLanes), first[c], last[c], -kInf);
-          max = Isa::Max(max, chunk_scores[c]);
-        }
         const int64_t r = r0 + g;
-        const float m_old = row_max[r];
-        const float m_new = std::max(m_old, Isa::ReduceMax(max));
-        const float alpha = m_new == m_old ? 1.0f : std::exp(m_old - m_new);  // 0 at first
-        row_max[r] = m_new;
-        V p_sum = Isa::Zero();
-#pragma GCC unroll 4
-        for (int c = 0; c < kSpanChunks; ++c) {
-          V p = Isa::Zero();
-          if (first[c] < last[c]) {
-            p = Isa::KeepLanes(ExpNonPositive(Isa::Sub(chunk_scores[c], Isa::Set1(m_new))),
-                               first[c], last[c], 0.0f);
-          }
-          Isa::Store(s + c * kLanes, p);
-          p_sum = Isa::Add(p_sum, p);
-        }
-        float* sum = row_sum + r * kLanes;
-        Isa::Store(sum, Isa::MulAdd(Isa::Load(sum), Isa::Set1(alpha), p_sum));
-        alphas[g] = alpha;
+        alphas[g] = SoftmaxSpanUpdate(scores + r * kSpanKeys, first, last, row_max[r],
+                                      row_sum + r * kLanes);
       }
       if (bf16_values) {
         AccumulateAllValues(v_rows_bf16, scores + r0 * kSpanKeys, alphas, o_rows + r0 * padded_dim,
