@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <memory>
 #include <regex>
 #include <set>
@@ -407,6 +408,35 @@ TEST_F(CorpusLongRangeTest, RepeatSequencesRepeatSpansAtLeastMinDistanceLater) {
   }
   options.sequence_length = 30;
   EXPECT_THAT(ErrorMessage([&] { Make(options); }), HasSubstr("so at least 38"));
+}
+
+// Every span a repeat sequence lists is repeated token for token at least min_distance later.
+// When the spans fill nearly all of T (16 asked at 257 tokens leave about 17 filler tokens), the
+// repeats must still come at widely different shifts (second copy's start minus the first's): if
+// nearly all of them were shifted by about one constant, copying by position would predict the
+// repeats and the model would never need to find an earlier occurrence of its current token
+// (session 7's pilots learned exactly that shortcut: they copied at a shift of about 135 and at
+// no other).
+TEST_F(CorpusLongRangeTest, DenseRepeatsComeAtDifferentDistances) {
+  LongRangeOptions options = Options(257, 200, 16, 5, {LongRangeKind::kRandomRepeat});
+  options.repeat_spans = 16;
+  std::vector<int64_t> shifts;  // second - first of every span
+  for (const LongRangeSequence& s : Make(options)) {
+    ASSERT_EQ(static_cast<int>(s.spans.size()), s.repeats);
+    ASSERT_GE(s.repeats, 3);
+    for (const LongRangeSequence::RepeatedSpan& span : s.spans) {
+      EXPECT_GE(span.second - (span.first + span.length), 16);
+      EXPECT_TRUE(std::equal(s.tokens.begin() + span.first,
+                             s.tokens.begin() + span.first + span.length,
+                             s.tokens.begin() + span.second));
+      shifts.push_back(span.second - span.first);
+    }
+  }
+  std::sort(shifts.begin(), shifts.end());
+  const int64_t q1 = shifts[shifts.size() / 4], q3 = shifts[shifts.size() * 3 / 4];
+  // Before the copies at one offset went in random order the middle half of the shifts lay
+  // within 16 tokens (120-136), now within about 50 (109-159).
+  EXPECT_GE(q3 - q1, 40) << "shift quartiles " << q1 << ", " << q3;
 }
 
 TEST_F(CorpusLongRangeTest, RandomRepeatSpansAreRandomTokensOfTheFiller) {

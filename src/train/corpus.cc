@@ -212,10 +212,15 @@ LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSou
   const int64_t filler_total = T - 2 - 2 * span_total;
 
   // Both copies are placed in the filler: the first at a uniform offset, the second uniformly
-  // between min_distance filler tokens later and the end.
+  // between min_distance filler tokens later and the end. Copies at the same offset go in a
+  // random order. That matters when the spans fill most of T and the filler is short: then
+  // nearly every first copy sits at offset 0 and every repeat at the end, and in a fixed order
+  // (by span) the second half of the sequence would be the first half shifted by one constant
+  // distance, which a model learns to copy by position instead of by content (docs/results.md,
+  // session 7). In a random order each span's repeat is at its own distance.
   struct Copy {
     int64_t offset;  // filler tokens before it
-    int second;      // 0: first copy, 1: the repeat
+    uint64_t order;  // random rank among copies at the same offset
     size_t span;
   };
   std::vector<Copy> copies;
@@ -226,11 +231,13 @@ LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSou
         first + options.min_distance +
         static_cast<int64_t>(
             rng.Below(static_cast<uint64_t>(filler_total - first - options.min_distance + 1)));
-    copies.push_back({first, 0, i});
-    copies.push_back({second, 1, i});
+    copies.push_back({first, rng.NextU64(), i});
+    copies.push_back({second, rng.NextU64(), i});
   }
+  // A span's second copy is always later: its offset is at least min_distance >= 0 greater, and
+  // on a tie (min_distance 0) the span's copies swap places, which leaves the sequence the same.
   std::sort(copies.begin(), copies.end(), [](const Copy& a, const Copy& b) {
-    return std::tie(a.offset, a.second, a.span) < std::tie(b.offset, b.second, b.span);
+    return std::tie(a.offset, a.order, a.span) < std::tie(b.offset, b.order, b.span);
   });
 
   std::vector<std::vector<int>> spans;
@@ -243,19 +250,23 @@ LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSou
   tokens.reserve(static_cast<size_t>(T));
   tokens.push_back(tokenizer.bos_id());
   std::vector<std::array<int64_t, 2>> begins(lengths.size());  // [span][copy]
+  std::vector<int> placed(lengths.size(), 0);                  // copies of each span so far
   int64_t filler_used = 0;
   for (const Copy& copy : copies) {
     tokens.insert(tokens.end(), text.begin() + filler_used, text.begin() + copy.offset);
     filler_used = copy.offset;
-    begins[copy.span][static_cast<size_t>(copy.second)] = static_cast<int64_t>(tokens.size());
+    begins[copy.span][static_cast<size_t>(placed[copy.span]++)] =
+        static_cast<int64_t>(tokens.size());
     tokens.insert(tokens.end(), spans[copy.span].begin(), spans[copy.span].end());
   }
   tokens.insert(tokens.end(), text.begin() + filler_used, text.end());
   tokens.push_back(tokenizer.eos_id());
   MIXATTN_CHECK(static_cast<int64_t>(tokens.size()) == T);
 
-  // Report the farthest repeat.
+  // Report every span, and the farthest repeat as the fact and answer.
   sequence.repeats = static_cast<int>(lengths.size());
+  for (size_t i = 0; i < lengths.size(); ++i)
+    sequence.spans.push_back({begins[i][0], begins[i][1], lengths[i]});
   int64_t farthest = -1;
   for (size_t i = 0; i < lengths.size(); ++i) {
     const int64_t distance = begins[i][1] - (begins[i][0] + lengths[i]);

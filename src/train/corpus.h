@@ -147,6 +147,11 @@ struct LongRangeSequence {
   int64_t answer_begin = 0;  // " 58213." ; answer_end == T - 1, the EOS (not so for a repeat)
   int64_t answer_end = 0;
   int repeats = 0;  // spans repeated (a repeat sequence), 0 otherwise
+  // A repeat sequence's spans: where each one's first and second copy begin, and its length.
+  struct RepeatedSpan {
+    int64_t first = 0, second = 0, length = 0;
+  };
+  std::vector<RepeatedSpan> spans;
   // Tokens between the end of the queried fact and the start of the question.
   int64_t distance() const { return query_begin - fact_end; }
 };
