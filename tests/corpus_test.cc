@@ -439,6 +439,40 @@ TEST_F(CorpusLongRangeTest, DenseRepeatsComeAtDifferentDistances) {
   EXPECT_GE(q3 - q1, 40) << "shift quartiles " << q1 << ", " << q3;
 }
 
+// A periodic sequence is BOS, a block of random tokens repeated to the end, EOS; the period
+// differs from sequence to sequence, so only copying from one period back predicts the repeats.
+TEST_F(CorpusLongRangeTest, PeriodicSequencesRepeatOneBlockAtAPeriodOfTheirOwn) {
+  std::set<int64_t> periods;
+  for (const LongRangeSequence& s : Make(Options(257, 100, 16, 3, {LongRangeKind::kPeriodic}))) {
+    ASSERT_EQ(s.kind, LongRangeKind::kPeriodic);
+    ASSERT_EQ(s.tokens.size(), 257u);
+    EXPECT_EQ(s.tokens.front(), Tokenizer::kBosId);
+    EXPECT_EQ(s.tokens.back(), Tokenizer::kEosId);
+    const int64_t period = s.fact_end - s.fact_begin;
+    EXPECT_GE(period, 16);
+    EXPECT_LE(period, 127);  // two blocks fit in 255 tokens
+    EXPECT_EQ(s.fact_begin, 1);
+    EXPECT_EQ(s.answer_begin, 1 + period);
+    for (size_t t = static_cast<size_t>(1 + period); t + 1 < s.tokens.size(); ++t)
+      ASSERT_EQ(s.tokens[t], s.tokens[t - static_cast<size_t>(period)]) << t;
+    // The spans list every repeat of the block; together they cover all but the first block.
+    int64_t covered = 0;
+    for (const LongRangeSequence::RepeatedSpan& span : s.spans) {
+      EXPECT_EQ(span.first, 1);
+      EXPECT_EQ((span.second - 1) % period, 0);
+      covered += span.length;
+    }
+    EXPECT_EQ(covered, 255 - period);
+    EXPECT_EQ(s.repeats, static_cast<int>(s.spans.size()));
+    periods.insert(period);
+  }
+  EXPECT_GT(periods.size(), 50u);  // 100 draws from 112 periods
+  EXPECT_EQ(ParseLongRangeKinds("periodic,pass_key"),
+            (std::vector<LongRangeKind>{LongRangeKind::kPeriodic, LongRangeKind::kPassKey}));
+  EXPECT_THAT(ErrorMessage([&] { Make(Options(33, 1, 0, 3, {LongRangeKind::kPeriodic})); }),
+              HasSubstr("too short for a periodic sequence"));
+}
+
 TEST_F(CorpusLongRangeTest, RandomRepeatSpansAreRandomTokensOfTheFiller) {
   const LongRangeOptions options = Options(256, 30, 10, 9, {LongRangeKind::kRandomRepeat});
   const std::vector<std::vector<int>> filler = TokenizeDocuments(*tokenizer_, *documents_);

@@ -399,7 +399,8 @@ void RegisterDataCommand(CLI::App& app) {
           "synthetic sequence kinds, drawn uniformly: pass_key (a pass key in filler, "
           "asked at the end), key_value (4 key/value facts, one asked), repeat (spans "
           "of filler, each repeated later: dense copying), random_repeat (the same with spans of "
-          "random tokens)")
+          "random tokens), periodic (a block of 16-128 random tokens repeated to the end: "
+          "the densest copying, at a shift that differs per sequence)")
       ->capture_default_str();
   command->callback([options, vocab]() {
     options->vocab_size_given = vocab->count() > 0;

@@ -280,12 +280,54 @@ LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSou
   return sequence;
 }
 
+// Periods of a periodic sequence.
+constexpr int64_t kPeriodMin = 16;
+constexpr int64_t kPeriodMax = 128;
+
+// A periodic sequence (corpus.h): BOS, a block of n random tokens of the filler, repeated until
+// T - 1 tokens, EOS; n is drawn uniformly from [kPeriodMin, min(kPeriodMax, (T - 2) / 2)], so
+// every sequence repeats its block at least once, each at its own shift. All but the first
+// block is predictable by copying, and only by copying from n tokens back, which position alone
+// cannot tell from one sequence to the next: the classic data on which small transformers form
+// induction heads (Olsson et al. 2022). min_distance does not apply (copies are adjacent).
+LongRangeSequence MakePeriodicSequence(const Tokenizer& tokenizer, const FillerSource& filler,
+                                       const LongRangeOptions& options, Rng& rng) {
+  const int64_t T = options.sequence_length;
+  const int64_t longest = std::min(kPeriodMax, (T - 2) / 2);
+  if (longest < kPeriodMin) {
+    Fail("long-range sequence length ", T,
+         " is too short for a periodic sequence: BOS, EOS and two ", kPeriodMin,
+         "-token blocks take ", 2 + 2 * kPeriodMin);
+  }
+  const int64_t period =
+      kPeriodMin + static_cast<int64_t>(rng.Below(static_cast<uint64_t>(longest - kPeriodMin + 1)));
+  const std::vector<int> block = filler.Random(period, rng);
+  LongRangeSequence sequence;
+  sequence.kind = LongRangeKind::kPeriodic;
+  std::vector<int>& tokens = sequence.tokens;
+  tokens.reserve(static_cast<size_t>(T));
+  tokens.push_back(tokenizer.bos_id());
+  for (int64_t i = 0; i < T - 2; ++i) tokens.push_back(block[static_cast<size_t>(i % period)]);
+  tokens.push_back(tokenizer.eos_id());
+  for (int64_t begin = 1 + period; begin < T - 1; begin += period) {
+    sequence.spans.push_back({1, begin, std::min(period, T - 1 - begin)});
+  }
+  sequence.repeats = static_cast<int>(sequence.spans.size());
+  sequence.fact_begin = 1;
+  sequence.fact_end = 1 + period;
+  sequence.query_begin = sequence.answer_begin = 1 + period;
+  sequence.answer_end = 1 + period + sequence.spans.front().length;
+  return sequence;
+}
+
 LongRangeSequence MakeOneLongRangeSequence(const Tokenizer& tokenizer, const FillerSource& filler,
                                            const LongRangeOptions& options, Rng& rng) {
   const LongRangeKind kind = options.kinds[rng.Below(options.kinds.size())];
   if (kind == LongRangeKind::kRepeat || kind == LongRangeKind::kRandomRepeat) {
     return MakeRepeatSequence(tokenizer, filler, options, kind, rng);
   }
+  if (kind == LongRangeKind::kPeriodic)
+    return MakePeriodicSequence(tokenizer, filler, options, rng);
   LongRangeSequence sequence;
   sequence.kind = kind;
   std::vector<PlantedFact> facts;
@@ -553,6 +595,8 @@ const char* LongRangeKindName(LongRangeKind kind) {
       return "repeat";
     case LongRangeKind::kRandomRepeat:
       return "random_repeat";
+    case LongRangeKind::kPeriodic:
+      return "periodic";
   }
   return "unknown";
 }
@@ -573,9 +617,12 @@ std::vector<LongRangeKind> ParseLongRangeKinds(std::string_view list) {
       kind = LongRangeKind::kRepeat;
     } else if (name == "random_repeat") {
       kind = LongRangeKind::kRandomRepeat;
+    } else if (name == "periodic") {
+      kind = LongRangeKind::kPeriodic;
     } else {
       Fail("unknown long-range kind '", name, "' in '", list,
-           "': expected a comma-separated list of pass_key, key_value, repeat, random_repeat");
+           "': expected a comma-separated list of pass_key, key_value, repeat, random_repeat, "
+           "periodic");
     }
     if (std::find(kinds.begin(), kinds.end(), kind) != kinds.end()) {
       Fail("long-range kind '", name, "' is listed twice in '", list, "'");

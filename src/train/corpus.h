@@ -116,8 +116,8 @@ std::string KeyValueQuestion(const std::string& key);  // the answer follows as 
 // that nothing but an earlier copy predicts (random_repeat spans; eval's copy task).
 std::vector<int> RandomTokens(std::span<const int> alphabet, int64_t count, Rng& rng);
 
-enum class LongRangeKind { kPassKey, kKeyValue, kRepeat, kRandomRepeat };
-// "pass_key", "key_value", "repeat", "random_repeat"
+enum class LongRangeKind { kPassKey, kKeyValue, kRepeat, kRandomRepeat, kPeriodic };
+// "pass_key", "key_value", "repeat", "random_repeat", "periodic"
 const char* LongRangeKindName(LongRangeKind kind);
 // "pass_key,key_value,repeat" -> the kinds, in that order; throws Error naming an unknown or
 // repeated kind, or an empty list.
