@@ -12,8 +12,10 @@
 # Training has two stages, the same for every preset:
 #   1. copying: 1200 steps x 16 sequences of 256 tokens of `random_repeat` data packed densely
 #      (up to 16 spans of random tokens per sequence, each repeated later, about half of every
-#      sequence copyable), until the model learns to copy from its context (the induction-head
-#      phase change, around step 600 for `standard`);
+#      sequence copyable), meant to let the model learn to copy from its context (the
+#      induction-head phase change). Not there yet: once the data's positional shortcut was
+#      fixed (session 7), `standard` stayed on the plateau for all 1200 steps (docs/results.md);
+#      the recipe will change before the layouts are trained in full;
 #   2. the mix: 1200 steps x 16 x 256 of the corpus plus the synthetic long-range sequences at the
 #      same length, starting from stage 1's weights (`mixattn train --init-from`), at a lower
 #      peak learning rate.
