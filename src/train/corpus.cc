@@ -264,18 +264,17 @@ LongRangeSequence MakeRepeatSequence(const Tokenizer& tokenizer, const FillerSou
   MIXATTN_CHECK(static_cast<int64_t>(tokens.size()) == T);
 
   // Report every span, and the farthest repeat as the fact and answer.
-  sequence.repeats = static_cast<int>(lengths.size());
   for (size_t i = 0; i < lengths.size(); ++i)
     sequence.spans.push_back({begins[i][0], begins[i][1], lengths[i]});
   int64_t farthest = -1;
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    const int64_t distance = begins[i][1] - (begins[i][0] + lengths[i]);
+  for (const LongRangeSequence::RepeatedSpan& span : sequence.spans) {
+    const int64_t distance = span.second - (span.first + span.length);
     if (distance <= farthest) continue;
     farthest = distance;
-    sequence.fact_begin = begins[i][0];
-    sequence.fact_end = begins[i][0] + lengths[i];
-    sequence.query_begin = sequence.answer_begin = begins[i][1];
-    sequence.answer_end = begins[i][1] + lengths[i];
+    sequence.fact_begin = span.first;
+    sequence.fact_end = span.first + span.length;
+    sequence.query_begin = sequence.answer_begin = span.second;
+    sequence.answer_end = span.second + span.length;
   }
   return sequence;
 }
@@ -312,7 +311,6 @@ LongRangeSequence MakePeriodicSequence(const Tokenizer& tokenizer, const FillerS
   for (int64_t begin = 1 + period; begin < T - 1; begin += period) {
     sequence.spans.push_back({1, begin, std::min(period, T - 1 - begin)});
   }
-  sequence.repeats = static_cast<int>(sequence.spans.size());
   sequence.fact_begin = 1;
   sequence.fact_end = 1 + period;
   sequence.query_begin = sequence.answer_begin = 1 + period;

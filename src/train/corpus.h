@@ -146,8 +146,8 @@ struct LongRangeSequence {
   int64_t query_begin = 0;   // the question
   int64_t answer_begin = 0;  // " 58213." ; answer_end == T - 1, the EOS (not so for a repeat)
   int64_t answer_end = 0;
-  int repeats = 0;  // spans repeated (a repeat sequence), 0 otherwise
-  // A repeat sequence's spans: where each one's first and second copy begin, and its length.
+  // A repeat or periodic sequence's repeated spans: where each one's first and second copy
+  // begin, and its length; empty for other kinds.
   struct RepeatedSpan {
     int64_t first = 0, second = 0, length = 0;
   };
