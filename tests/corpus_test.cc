@@ -497,6 +497,40 @@ TEST_F(CorpusLongRangeTest, RandomRepeatSpansAreRandomTokensOfTheFiller) {
   EXPECT_GT(span_ids.size(), filler_ids.size() / 2);
 }
 
+// --long-range-alphabet N: random spans use only the N most frequent filler ids, every one of
+// them; the BOS, EOS and fact text of other kinds are unaffected.
+TEST_F(CorpusLongRangeTest, RandomAlphabetIsTheMostFrequentFillerIds) {
+  const std::vector<std::vector<int>> filler = TokenizeDocuments(*tokenizer_, *documents_);
+  std::map<int, int64_t> counts;
+  for (const std::vector<int>& document : filler) {
+    for (const int id : document)
+      if (id != Tokenizer::kBosId && id != Tokenizer::kEosId) ++counts[id];
+  }
+  constexpr int64_t kAlphabet = 12;
+  ASSERT_GT(static_cast<int64_t>(counts.size()), 2 * kAlphabet);
+  std::vector<int64_t> sorted_counts;
+  for (const auto& [id, count] : counts) sorted_counts.push_back(count);
+  std::sort(sorted_counts.rbegin(), sorted_counts.rend());
+  const int64_t threshold = sorted_counts[kAlphabet - 1];  // the 12th largest count
+
+  for (const LongRangeKind kind : {LongRangeKind::kPeriodic, LongRangeKind::kRandomRepeat}) {
+    LongRangeOptions options = Options(257, 40, 16, 4, {kind});
+    options.random_alphabet = kAlphabet;
+    std::set<int> span_ids;
+    for (const LongRangeSequence& s : MakeLongRangeSequences(*tokenizer_, filler, options)) {
+      for (const LongRangeSequence::RepeatedSpan& span : s.spans) {
+        span_ids.insert(s.tokens.begin() + span.first, s.tokens.begin() + span.first + span.length);
+      }
+    }
+    EXPECT_EQ(static_cast<int64_t>(span_ids.size()), kAlphabet) << LongRangeKindName(kind);
+    for (const int id : span_ids) EXPECT_GE(counts[id], threshold) << id;
+  }
+  LongRangeOptions options = Options(257, 1, 16, 4, {LongRangeKind::kPeriodic});
+  options.random_alphabet = -1;
+  EXPECT_THAT(ErrorMessage([&] { MakeLongRangeSequences(*tokenizer_, filler, options); }),
+              HasSubstr("random alphabet must be >= 0"));
+}
+
 TEST(LongRangeKindsTest, ParsesAListAndRejectsUnknownOrRepeatedKinds) {
   EXPECT_EQ(ParseLongRangeKinds("pass_key,key_value,repeat"),
             (std::vector<LongRangeKind>{LongRangeKind::kPassKey, LongRangeKind::kKeyValue,

@@ -56,6 +56,7 @@ struct DataOptions {
   int64_t long_range_length = 0;
   int64_t long_range_min_distance = 0;
   int long_range_repeat_spans = LongRangeOptions{}.repeat_spans;
+  int64_t long_range_alphabet = 0;
   std::string long_range_kinds = "pass_key,key_value";
 };
 
@@ -114,6 +115,9 @@ std::string CommandLine(const DataOptions& options) {
     }
     if (options.long_range_repeat_spans != DataOptions{}.long_range_repeat_spans) {
       line << " --long-range-repeat-spans " << options.long_range_repeat_spans;
+    }
+    if (options.long_range_alphabet > 0) {
+      line << " --long-range-alphabet " << options.long_range_alphabet;
     }
     if (options.long_range_kinds != DataOptions{}.long_range_kinds) {
       line << " --long-range-kinds " << options.long_range_kinds;
@@ -264,6 +268,7 @@ void RunData(const DataOptions& options) {
                   static_cast<double>(options.long_range_length)));
     long_options.min_distance = options.long_range_min_distance;
     long_options.repeat_spans = options.long_range_repeat_spans;
+    long_options.random_alphabet = options.long_range_alphabet;
     long_options.kinds = long_range_kinds;
     long_options.seed = options.seed;
     const std::vector<LongRangeSequence> sequences =
@@ -294,6 +299,7 @@ void RunData(const DataOptions& options) {
                   {"kinds", kinds},
                   {"key_value_pairs", long_options.key_value_pairs},
                   {"repeat_spans", long_options.repeat_spans},
+                  {"random_alphabet", long_options.random_alphabet},
                   {"min_distance", options.long_range_min_distance},
                   {"distance_min", count > 0 ? min_distance : 0},
                   {"distance_max", max_distance},
@@ -392,6 +398,13 @@ void RegisterDataCommand(CLI::App& app) {
                    "cannot hold them all twice); more spans make longer sequences as "
                    "copy-dense as short ones")
       ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  command
+      ->add_option("--long-range-alphabet", options->long_range_alphabet,
+                   "draw the random spans of random_repeat and periodic sequences from the N "
+                   "most frequent filler ids (0 = every id the filler holds); a small alphabet "
+                   "lets a small model learn to copy sooner")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 30))
       ->capture_default_str();
   command
       ->add_option(

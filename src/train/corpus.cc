@@ -14,6 +14,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <mutex>
 #include <set>
 #include <tuple>
@@ -109,7 +110,8 @@ struct PlantedFact {
 // where their lines start so a slice can begin at a line, not mid-word.
 class FillerSource {
  public:
-  FillerSource(const Tokenizer& tokenizer, const std::vector<std::vector<int>>& documents) {
+  FillerSource(const Tokenizer& tokenizer, const std::vector<std::vector<int>>& documents,
+               int64_t random_alphabet) {
     const std::vector<int> newline = tokenizer.Encode("\n");
     separator_ = tokenizer.Encode("\n\n");
     for (const std::vector<int>& document : documents) {
@@ -131,16 +133,24 @@ class FillerSource {
     }
     if (documents_.empty())
       Fail("long-range sequences need filler text, but the documents hold no tokens");
-    std::set<int> seen;
+    std::map<int, int64_t> counts;
     for (const Document& document : documents_)
-      seen.insert(document.tokens.begin(), document.tokens.end());
-    distinct_.assign(seen.begin(), seen.end());
+      for (const int token : document.tokens) ++counts[token];
+    std::vector<std::pair<int64_t, int>> by_count;  // (-count, id): most frequent first
+    by_count.reserve(counts.size());
+    for (const auto& [token, count] : counts) by_count.emplace_back(-count, token);
+    std::sort(by_count.begin(), by_count.end());
+    if (random_alphabet > 0 && random_alphabet < static_cast<int64_t>(by_count.size()))
+      by_count.resize(static_cast<size_t>(random_alphabet));
+    for (const auto& [negated_count, token] : by_count) alphabet_.push_back(token);
+    std::sort(alphabet_.begin(), alphabet_.end());
   }
 
-  // `length` tokens drawn independently and uniformly from the distinct tokens of the documents:
-  // text that no language model predicts.
+  // `length` tokens drawn independently and uniformly from the random-span alphabet (every
+  // distinct token of the documents, or the most frequent ones): text that no language model
+  // predicts.
   std::vector<int> Random(int64_t length, Rng& rng) const {
-    return RandomTokens(distinct_, length, rng);
+    return RandomTokens(alphabet_, length, rng);
   }
 
   // `length` tokens: a random document from a random line start on, continued by further random
@@ -175,7 +185,7 @@ class FillerSource {
     std::vector<int64_t> line_starts;
   };
   std::vector<Document> documents_;
-  std::vector<int> distinct_;  // every token id the documents hold, ascending
+  std::vector<int> alphabet_;  // the ids random spans are drawn from, ascending
   std::vector<int> separator_;
 };
 
@@ -644,6 +654,10 @@ std::vector<LongRangeSequence> MakeLongRangeSequences(
   if (options.repeat_spans < 1) {
     Fail("long-range repeat spans must be >= 1, got ", options.repeat_spans);
   }
+  if (options.random_alphabet < 0) {
+    Fail("long-range random alphabet must be >= 0 (0 = every filler id), got ",
+         options.random_alphabet);
+  }
   if (options.key_value_pairs < 1 ||
       options.key_value_pairs > static_cast<int>(kKeyAdjectives.size() * kKeyNouns.size())) {
     Fail("long-range key/value pairs must be in [1, ", kKeyAdjectives.size() * kKeyNouns.size(),
@@ -651,7 +665,7 @@ std::vector<LongRangeSequence> MakeLongRangeSequences(
   }
   std::vector<LongRangeSequence> sequences;
   if (options.count == 0) return sequences;
-  const FillerSource filler(tokenizer, filler_documents);
+  const FillerSource filler(tokenizer, filler_documents, options.random_alphabet);
   Rng rng(options.seed);
   sequences.reserve(static_cast<size_t>(options.count));
   for (int64_t i = 0; i < options.count; ++i) {

@@ -129,6 +129,10 @@ struct LongRangeOptions {
   int64_t min_distance = 0;     // least filler between the queried fact and the question
   int key_value_pairs = 4;      // facts planted in a key/value sequence, one of them asked for
   int repeat_spans = 6;         // spans repeated in a repeat sequence (fewer when T is short)
+  // Ids random spans (random_repeat, periodic) are drawn from: the N most frequent ids of the
+  // filler (ties to the smaller id), or every id the filler holds when 0 or >= that many. A small
+  // alphabet shortens the plateau before a model learns to copy (docs/results.md).
+  int64_t random_alphabet = 0;
   // The kinds to make, each sequence's drawn uniformly from this list.
   std::vector<LongRangeKind> kinds = {LongRangeKind::kPassKey, LongRangeKind::kKeyValue};
   uint64_t seed = 0;
