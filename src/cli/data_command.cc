@@ -402,8 +402,8 @@ void RegisterDataCommand(CLI::App& app) {
   command
       ->add_option("--long-range-alphabet", options->long_range_alphabet,
                    "draw the random spans of random_repeat and periodic sequences from the N "
-                   "most frequent filler ids (0 = every id the filler holds); a small alphabet "
-                   "lets a small model learn to copy sooner")
+                   "most frequent filler ids (0 = every id the filler holds), so that each id of "
+                   "the copied spans is seen often")
       ->check(CLI::Range(int64_t{0}, int64_t{1} << 30))
       ->capture_default_str();
   command

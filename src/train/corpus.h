@@ -130,8 +130,8 @@ struct LongRangeOptions {
   int key_value_pairs = 4;      // facts planted in a key/value sequence, one of them asked for
   int repeat_spans = 6;         // spans repeated in a repeat sequence (fewer when T is short)
   // Ids random spans (random_repeat, periodic) are drawn from: the N most frequent ids of the
-  // filler (ties to the smaller id), or every id the filler holds when 0 or >= that many. A small
-  // alphabet shortens the plateau before a model learns to copy (docs/results.md).
+  // filler (ties to the smaller id), or every id the filler holds when 0 or >= that many. With a
+  // small alphabet every id of the copied spans is seen at every step (docs/results.md).
   int64_t random_alphabet = 0;
   // The kinds to make, each sequence's drawn uniformly from this list.
   std::vector<LongRangeKind> kinds = {LongRangeKind::kPassKey, LongRangeKind::kKeyValue};
