@@ -21,7 +21,8 @@ import struct
 import numpy as np
 import torch
 
-SHARD_HEADER_TOKENS = 32  # the 64-byte token-shard header (src/train/token_shards.h), in uint16
+from long_range_shard import read_long_range_sequences
+
 
 
 def load_weights(model_dir):
@@ -49,13 +50,10 @@ def main():
     parser.add_argument("--sequences", type=int, default=16)
     args = parser.parse_args()
     c = json.load(open(f"{args.model}/config.json"))
-    data = json.load(open(f"{args.data}/data.json"))
-    length = data["long_range"]["sequence_length"]
+    rows, _ = read_long_range_sequences(args.data)
+    T = rows.shape[1] - 1
     W = load_weights(args.model)
-    tokens = np.fromfile(f"{args.data}/train_longrange.bin", np.uint16)[SHARD_HEADER_TOKENS:]
-    T = length - 1
-    rows = tokens[:args.sequences * length].astype(np.int64).reshape(-1, length)
-    seqs = torch.tensor(rows)[:, :T]
+    seqs = torch.tensor(rows[:args.sequences])[:, :T]
     B = seqs.shape[0]
     NH, KVH, D = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
     inv = c["rope_theta"] ** (-torch.arange(0, D, 2, dtype=torch.float32) / D)

@@ -14,14 +14,14 @@ loss every 250 steps; an induction head shows as a sudden drop of the loss (on
 out/pilot-a64-129, from about 4.1 to 2.5). One thread, so it can run beside a training run.
 """
 import argparse
-import json
 import math
 import time
 
 import numpy as np
 import torch
 
-SHARD_HEADER_TOKENS = 32  # the 64-byte token-shard header (src/train/token_shards.h), in uint16
+from long_range_shard import read_long_range_sequences
+
 
 
 def main():
@@ -40,11 +40,9 @@ def main():
     if args.hidden % args.heads or (args.hidden // args.heads) % 2:
         parser.error("--hidden must split into --heads heads of an even dimension")
 
-    info = json.load(open(f"{args.data}/data.json"))
-    length = info["long_range"]["sequence_length"]
-    vocab = info.get("vocab_size") or info["tokenizer"]["vocab_size"]
-    raw = np.fromfile(f"{args.data}/train_longrange.bin", dtype=np.uint16)[SHARD_HEADER_TOKENS:]
-    sequences = raw[: len(raw) // length * length].reshape(-1, length).astype(np.int64)
+    sequences, info = read_long_range_sequences(args.data)
+    length = sequences.shape[1]
+    vocab = info["tokenizer"]["vocab_size"]
     context = length - 1
     dim = args.hidden // args.heads
 

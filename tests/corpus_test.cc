@@ -362,8 +362,8 @@ TEST_F(CorpusLongRangeTest, RepeatSequencesRepeatSpansAtLeastMinDistanceLater) {
     EXPECT_EQ(std::count(s.tokens.begin(), s.tokens.end(), Tokenizer::kEosId), 1);
     EXPECT_TRUE(s.key.empty());
     EXPECT_TRUE(s.answer.empty());
-    EXPECT_EQ(s.spans.size(),
-              6u);  // 6 spans of at most 40 tokens fit twice in 512 with 100 between
+    // 6 spans of at most 40 tokens fit twice in 512 with 100 between.
+    EXPECT_EQ(s.spans.size(), 6u);
     // The reported (farthest) repeat is a token-for-token copy of its first occurrence.
     const int64_t length = s.fact_end - s.fact_begin;
     EXPECT_GE(length, 8);
@@ -498,7 +498,7 @@ TEST_F(CorpusLongRangeTest, RandomRepeatSpansAreRandomTokensOfTheFiller) {
 }
 
 // --long-range-alphabet N: random spans use only the N most frequent filler ids, every one of
-// them; the BOS, EOS and fact text of other kinds are unaffected.
+// them; a negative N is an error.
 TEST_F(CorpusLongRangeTest, RandomAlphabetIsTheMostFrequentFillerIds) {
   const std::vector<std::vector<int>> filler = TokenizeDocuments(*tokenizer_, *documents_);
   std::map<int, int64_t> counts;

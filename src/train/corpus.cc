@@ -14,7 +14,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <map>
 #include <mutex>
 #include <set>
 #include <tuple>
@@ -133,13 +132,17 @@ class FillerSource {
     }
     if (documents_.empty())
       Fail("long-range sequences need filler text, but the documents hold no tokens");
-    std::map<int, int64_t> counts;
-    for (const Document& document : documents_)
-      for (const int token : document.tokens) ++counts[token];
-    std::vector<std::pair<int64_t, int>> by_count;  // (-count, id): most frequent first
-    by_count.reserve(counts.size());
-    for (const auto& [token, count] : counts) by_count.emplace_back(-count, token);
-    std::sort(by_count.begin(), by_count.end());
+    std::vector<int64_t> counts;  // [largest id + 1]
+    for (const Document& document : documents_) {
+      for (const int token : document.tokens) {
+        if (token >= static_cast<int>(counts.size())) counts.resize(token + 1);
+        ++counts[token];
+      }
+    }
+    std::vector<std::pair<int64_t, int>> by_count;  // (-count, id) of the ids present
+    for (int token = 0; token < static_cast<int>(counts.size()); ++token)
+      if (counts[token] > 0) by_count.emplace_back(-counts[token], token);
+    std::sort(by_count.begin(), by_count.end());  // most frequent first, ties to the smaller id
     if (random_alphabet > 0 && random_alphabet < static_cast<int64_t>(by_count.size()))
       by_count.resize(static_cast<size_t>(random_alphabet));
     for (const auto& [negated_count, token] : by_count) alphabet_.push_back(token);
