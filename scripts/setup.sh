@@ -9,6 +9,9 @@ packages=(
   # libraries (ARCHITECTURE.md, "Numbers and dependencies")
   libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev libcli11-dev libyaml-cpp-dev
   libsentencepiece-dev libdnnl-dev libhwy-dev libcpp-httplib-dev zlib1g-dev
+  # Debian's dnnl-config.cmake looks for OpenCL even for the CPU build; libdnnl-dev only
+  # recommends it, and recommends are not installed here
+  ocl-icd-opencl-dev
   # data-parallel training (mpirun -np N mixattn train)
   libopenmpi-dev openmpi-bin
   # test oracle and plots: Debian's own Python with PyTorch
