@@ -10,20 +10,20 @@
 # not learn to copy at 512 tokens within the budget; docs/results.md.)
 #
 # Training has two stages, the same for every preset:
-#   1. copying: 1200 steps x 16 sequences of 256 tokens of `random_repeat` data packed densely
-#      (up to 16 spans of random tokens per sequence, each repeated later, about half of every
-#      sequence copyable), meant to let the model learn to copy from its context (the
-#      induction-head phase change). Not there yet: once the data's positional shortcut was
-#      fixed (session 7), `standard` stayed on the plateau for all 1200 steps (docs/results.md);
-#      the recipe will change before the layouts are trained in full;
+#   1. copying: 12,000 steps x 8 sequences of 128 tokens (12.3M tokens) of `periodic` and
+#      `random_repeat` sequences whose random spans use the 64 most frequent ids, so that the
+#      model learns to copy from its context (the induction-head phase change; docs/results.md,
+#      sessions 8-9: it needs about 10^7 tokens, a peak lr of 1e-3 rather than 3e-3, and no
+#      gradient clipping at 1.0, which delays it);
 #   2. the mix: 1200 steps x 16 x 256 of the corpus plus the synthetic long-range sequences at the
-#      same length, starting from stage 1's weights (`mixattn train --init-from`), at a lower
-#      peak learning rate.
+#      same length, starting from stage 1's weights (`mixattn train --init-from`).
+# Both stages: AdamW (0.9, 0.95), weight decay 0.1, peak lr 1e-3, cosine to 1e-4, no clipping.
 #
 #   experiments/paper-comparison.sh [data|train|eval|bench|report|all]   (default: all)
 #
 # Every stage is safe to interrupt and run again: data is made once, each training run resumes
-# from its latest checkpoint (each stage is about a quarter of an hour on an idle machine), and
+# from its latest checkpoint (stage 1 takes about 35 minutes and stage 2 about 20 on an idle
+# 2-core machine, so all nine layouts take two or three sessions), and
 # evaluations and benchmarks whose JSON exists are skipped. Outputs go to out/experiment/
 # (models, eval JSON and heat maps, bench JSON); `report` writes the figures and tables that
 # docs/results.md shows into docs/results/.
@@ -40,7 +40,7 @@ export OMP_NUM_THREADS=${THREADS:-2}
 # regions would starve it. The bench stage unsets this (README, engine figures).
 export OMP_WAIT_POLICY=passive
 
-out=out/experiment
+out=out/experiment-v3  # v3: the session-9 recipe (earlier layouts of out/ differ)
 data=$out/data
 copy_data=$out/data-copy
 presets=${PRESETS:-standard all-sliding ma-pairs ma ma-offset ma-endslide characterai ma-offset-slideshare ma-pairs-slideshare}
@@ -49,14 +49,14 @@ presets=${PRESETS:-standard all-sliding ma-pairs ma ma-offset ma-endslide charac
 # identical); window 8 so that the all-sliding model's receptive field, 12 x 7 = 84 tokens, is
 # shorter than most evaluation distances (up to about 220 tokens at length 256, depth 0).
 shape=(--layers 12 --hidden 128 --heads 2 --kv-heads 1 --head-dim 64 --ffn 384 --window 8)
-# Stage 1: 1200 x 16 x 256 = 4.9M tokens of dense random_repeat sequences only.
-copy_schedule=(--steps 1200 --batch 16 --seq 256 --long-range-mix 1.0 --lr 3e-3 --warmup 30
-  --seed 1 --eval-every 200 --eval-batches 4 --save-every 50 --keep 2)
+# Stage 1: 12,000 x 8 x 128 = 12.3M tokens of periodic and random_repeat sequences only.
+copy_schedule=(--steps 12000 --batch 8 --seq 128 --long-range-mix 1.0 --lr 1e-3 --warmup 100
+  --clip 0 --seed 1 --eval-every 2000 --eval-batches 4 --save-every 250 --keep 2)
 # Stage 2: 1200 x 16 x 256 = 4.9M tokens per model; half of the sequences are synthetic: pass
 # keys, key/value facts, and spans repeated later (of filler text, and of random tokens), so the
-# copying learned in stage 1 keeps being used. Peak lr 1e-3: the weights are trained already.
-schedule=(--steps 1200 --batch 16 --seq 256 --lr 1e-3 --warmup 30 --seed 1 --eval-every 100
-  --eval-batches 8 --save-every 20 --keep 2)
+# copying learned in stage 1 keeps being used.
+schedule=(--steps 1200 --batch 16 --seq 256 --lr 1e-3 --warmup 30 --clip 0 --seed 1
+  --eval-every 100 --eval-batches 8 --save-every 20 --keep 2)
 lengths=192,224,256  # vt needs 170 tokens, niah_multikey 133
 samples=40
 
@@ -71,8 +71,9 @@ stage_data() {
   if [ ! -f "$copy_data/data.json" ]; then
     "$mixattn" data --in data/corpus/kjv.txt data/corpus/brown.txt data/corpus/sotu.txt \
       --out "$copy_data" --tokenizer models/default/tokenizer.model --val-fraction 0.01 --seed 1 \
-      --long-range-ratio 1.0 --long-range-length 257 --long-range-min-distance 16 \
-      --long-range-repeat-spans 16 --long-range-kinds random_repeat
+      --long-range-ratio 1.0 --long-range-length 129 --long-range-min-distance 8 \
+      --long-range-repeat-spans 8 --long-range-kinds periodic,random_repeat \
+      --long-range-alphabet 64
   fi
 }
 
