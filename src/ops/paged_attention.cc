@@ -854,22 +854,21 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
         }
         const std::byte* key = keys.Next();
         const std::byte* value = key + value_offset;
-        if (values_in_place) {
+        float* v_dst = v_span + (c + i) * padded_dim;
+        v_rows[c + i] = v_dst;
+        if (kv.dtype == DType::kF32) {
           std::memcpy(k_dst, key, static_cast<size_t>(dim * 4));
-          v_rows[c + i] = reinterpret_cast<const float*>(value);
-        } else {
-          float* v_dst = v_span + (c + i) * padded_dim;
-          if (bf16_values) {
-            WidenBf16Row(reinterpret_cast<const uint16_t*>(key), k_dst, dim);
-            v_rows_bf16[c + i] = reinterpret_cast<const uint16_t*>(value);
-          } else if (kv.dtype == DType::kBF16) {
-            WidenBf16Rows(reinterpret_cast<const uint16_t*>(key),
-                          reinterpret_cast<const uint16_t*>(value), k_dst, v_dst, dim);
+          if (values_in_place) {
+            v_rows[c + i] = reinterpret_cast<const float*>(value);
           } else {
-            std::memcpy(k_dst, key, static_cast<size_t>(dim * 4));
             std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
           }
-          v_rows[c + i] = v_dst;
+        } else if (bf16_values) {
+          WidenBf16Row(reinterpret_cast<const uint16_t*>(key), k_dst, dim);
+          v_rows_bf16[c + i] = reinterpret_cast<const uint16_t*>(value);
+        } else {
+          WidenBf16Rows(reinterpret_cast<const uint16_t*>(key),
+                        reinterpret_cast<const uint16_t*>(value), k_dst, v_dst, dim);
         }
       }
       if (chunk_len == 0) continue;
