@@ -488,6 +488,8 @@ struct Isa {
   //   so u0.q0 + u0.q1 = s0..s3 and u0.q2 + u0.q3 = s8..s11; u1 likewise for s4..s7, s12..s15.
   static V SumLanesOf(const V (&acc)[kLanes]) {
     V b[8];
+    // Unrolled, or GCC keeps b[] (and acc[] with it) on the stack: a store and reload per vector.
+#pragma GCC unroll 8
     for (int i = 0; i < 8; ++i) {
       b[i] =
           _mm512_add_ps(_mm512_shuffle_f32x4(acc[i], acc[i + 8], 0x44),   // a.q0 a.q1 a'.q0 a'.q1
