@@ -22,14 +22,17 @@
 # f32 matmuls (`--matmul auto` would pick bf16 on a CPU with AVX512_BF16 and f32 elsewhere, and
 # the layouts may be trained on different machines of this kind).
 #
-#   experiments/paper-comparison.sh [data|train|eval|bench|report|all]   (default: all)
+#   experiments/paper-comparison.sh [data|train|eval|keep|bench|report|all]   (default: all)
 #
 # Every stage is safe to interrupt and run again: data is made once, each training run resumes
 # from its latest checkpoint (stage 1 takes about 35 minutes and stage 2 about 20 on an idle
 # 2-core machine, so all nine layouts take two or three sessions), and
-# evaluations and benchmarks whose JSON exists are skipped. Outputs go to out/experiment/
-# (models, eval JSON and heat maps, bench JSON); `report` writes the figures and tables that
-# docs/results.md shows into docs/results/.
+# evaluations and benchmarks whose JSON exists are skipped. Outputs go to out/experiment-v4/
+# (models, checkpoints, eval JSON and heat maps, bench JSON). out/ does not survive a new checkout,
+# so `keep` (also run after each evaluation) copies what the report needs into docs/results/runs/,
+# which is committed: eval.json, config.json, the stage-2 training log and every 5th step of the
+# stage-1 log. A preset with kept results is not trained or evaluated again. `report` writes the
+# figures and tables that docs/results.md shows into docs/results/ from docs/results/runs/.
 #
 # Environment: BUILD (default build), PRESETS (default: all nine), THREADS (OMP_NUM_THREADS,
 # default 2).
@@ -46,6 +49,7 @@ export OMP_WAIT_POLICY=passive
 out=out/experiment-v4  # v4: the session-9 recipe (earlier layouts of out/ differ)
 data=$out/data
 copy_data=$out/data-copy
+kept=docs/results/runs
 presets=${PRESETS:-standard all-sliding ma-pairs ma ma-offset ma-endslide characterai ma-offset-slideshare ma-pairs-slideshare}
 
 # 12 layers so that the slideshare variants differ from their base layouts (at 8 layers they are
@@ -94,6 +98,10 @@ train_stage() {
 stage_train() {
   for preset in $presets; do
     local copy_run=$out/copy/$preset run=$out/$preset
+    if [ -f "$kept/$preset/eval.json" ]; then
+      echo "train: $preset already trained and evaluated ($kept/$preset)"
+      continue
+    fi
     if [ -f "$run/done" ]; then
       echo "train: $preset already trained"
       continue
@@ -112,6 +120,7 @@ stage_train() {
 stage_eval() {
   for preset in $presets; do
     local run=$out/$preset
+    [ -f "$kept/$preset/eval.json" ] && { echo "eval: $preset done ($kept/$preset)"; continue; }
     [ -f "$run/done" ] || { echo "eval: $preset is not trained yet, skipped"; continue; }
     [ -f "$run/eval.json" ] && { echo "eval: $preset done"; continue; }
     echo "eval: $preset"
@@ -119,29 +128,48 @@ stage_eval() {
       --ppl-windows 32 --seed 1 --json "$run/eval.json.tmp" --plot "$run/eval.png"
     mv "$run/eval.json.tmp" "$run/eval.json"
   done
+  stage_keep
+}
+
+# Copies each evaluated preset's results from out/ into $kept (committed to the repository).
+stage_keep() {
+  for preset in $presets; do
+    local run=$out/$preset
+    [ -f "$run/eval.json" ] || continue
+    mkdir -p "$kept/$preset" "$kept/copy/$preset"
+    cp "$run/eval.json" "$run/config.json" "$run/train.jsonl" "$kept/$preset/"
+    [ -f "$run/eval.png" ] && cp "$run/eval.png" "$kept/$preset/"
+    # Stage 1 logs 12,000 steps: every 5th step and every validation line are enough to plot it.
+    awk '/val_loss/ || NR % 5 == 1' "$out/copy/$preset/train.jsonl" > "$kept/copy/$preset/train.jsonl"
+    echo "keep: $preset -> $kept/$preset"
+  done
+  if [ -f "$out/bench.json" ]; then mkdir -p "$kept" && cp "$out/bench.json" "$kept/"; fi
 }
 
 stage_bench() {
   # Decode speed of each layout at the experiment's shape, side by side in one process.
-  [ -f "$out/bench.json" ] && { echo "bench: done"; return; }
+  [ -f "$kept/bench.json" ] && { echo "bench: done ($kept/bench.json)"; return; }
   local list
   list=$(echo $presets | tr ' ' ',')
   env -u OMP_WAIT_POLICY "$mixattn" bench --compare "$list" "${shape[@]}" --vocab 4096 \
     --context 256,4096 --batch 8 \
     --json "$out/bench.json.tmp"
   mv "$out/bench.json.tmp" "$out/bench.json"
+  mkdir -p "$kept"
+  cp "$out/bench.json" "$kept/"
 }
 
 stage_report() {
-  /usr/bin/python3 experiments/report.py --experiment "$out" --out docs/results
+  /usr/bin/python3 experiments/report.py --experiment "$kept" --out docs/results
 }
 
 case "${1:-all}" in
   data) stage_data ;;
   train) stage_data && stage_train ;;
   eval) stage_eval ;;
+  keep) stage_keep ;;
   bench) stage_bench ;;
   report) stage_report ;;
   all) stage_data && stage_train && stage_eval && stage_bench && stage_report ;;
-  *) echo "usage: $0 [data|train|eval|bench|report|all]" >&2; exit 2 ;;
+  *) echo "usage: $0 [data|train|eval|keep|bench|report|all]" >&2; exit 2 ;;
 esac

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Tables and figures of the paper comparison (experiments/paper-comparison.sh) for docs/results.md.
 
-  /usr/bin/python3 experiments/report.py --experiment out/experiment --out docs/results
+  /usr/bin/python3 experiments/report.py --experiment docs/results/runs --out docs/results
 
-Reads, for every preset directory under --experiment that holds eval.json: the evaluation
+--experiment is the directory of kept results (paper-comparison.sh `keep` copies them there from
+out/, so that they survive losing out/) or an experiment's output directory itself. Reads, for
+every preset directory under it that holds eval.json: the evaluation
 (`mixattn eval --json`), the training log (train.jsonl) and config.json; and bench.json
 (`mixattn bench --json`) if present. Writes into --out:
   table.md         one row per preset: validation perplexity, each task's accuracy at each length
@@ -34,8 +36,11 @@ TASKS = ["niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "
          "copy"]
 
 
-def copy_stage_loss(experiment, preset, smooth=50):
-    """(step, mean training loss of the last `smooth` steps) of the copying stage, if it ran."""
+def copy_stage_loss(experiment, preset, window=250):
+    """(step, mean training loss over the `window` steps up to it) of the copying stage, if it ran.
+
+    The kept logs (paper-comparison.sh `keep`) hold every 5th step of this stage, so the mean is
+    over the steps present in the window, not a fixed count of records."""
     path = os.path.join(experiment, "copy", preset, "train.jsonl")
     if not os.path.exists(path):
         return []
@@ -46,8 +51,16 @@ def copy_stage_loss(experiment, preset, smooth=50):
             if "loss" in record:
                 losses.append((record["step"], record["loss"]))
     losses.sort()
-    return [(losses[i][0], sum(l for _, l in losses[i + 1 - smooth:i + 1]) / smooth)
-            for i in range(smooth - 1, len(losses), smooth // 2)]
+    points = []
+    begin = 0
+    mark = window  # a point at the first step at or past each multiple of window / 2
+    for end, (step, _) in enumerate(losses):
+        while losses[begin][0] <= step - window:
+            begin += 1
+        if step >= mark:
+            points.append((step, sum(l for _, l in losses[begin:end + 1]) / (end + 1 - begin)))
+            mark = step + window // 2
+    return points
 
 
 def load(experiment):
@@ -90,7 +103,7 @@ def decode_rate(bench_rows, context):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--experiment", default="out/experiment")
+    parser.add_argument("--experiment", default="docs/results/runs")
     parser.add_argument("--out", default="docs/results")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -222,8 +235,8 @@ def main():
     lows = [v for run in runs.values() for _, v in run["val"][1:]]
     if lows:
         ax.set_ylim(min(lows) - 0.1, min(lows) + 1.5)
-    ax_copy.set_xlabel("step of stage 1 (random_repeat only)")
-    ax_copy.set_ylabel("training loss, mean of 50 steps (nats/token)")
+    ax_copy.set_xlabel("step of stage 1 (periodic and random_repeat spans only)")
+    ax_copy.set_ylabel("training loss, mean of 250 steps (nats/token)")
     ax_copy.set_title("the drop is the model starting to copy", fontsize=9)
     for a in (ax, ax_copy):
         a.grid(alpha=0.3)
