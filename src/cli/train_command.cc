@@ -438,8 +438,9 @@ void RegisterTrainCommand(CLI::App& app) {
       ->capture_default_str();
   run->add_option(
          "--init-residual-scale", t.init_residual_scale,
-         "scale of the random o_proj and down_proj weights (GPT-2 uses 1/sqrt(2 * layers), "
-         "which kept an 8-layer model from learning to copy; docs/results.md)")
+         "scale of the random o_proj and down_proj weights; 0.01 (layers start adding almost "
+         "nothing to the residual stream) let a 12-layer model learn to copy at lr 1e-3, where 1 "
+         "did not within 10,000 steps (docs/results.md)")
       ->capture_default_str();
   run->add_option("--long-range-mix", t.long_range_fraction,
                   "fraction of sequences from train_longrange.bin (default: its token share)");
