@@ -11,6 +11,9 @@ every preset directory under it that holds eval.json: the evaluation
   table.md         one row per preset: validation perplexity, each task's accuracy at each length
                    (with its 95% interval in a second table), KV bytes per sequence at the longest
                    length, decode tokens/s
+  compact.md       the table docs/results.md shows: per preset, at the longest length only,
+                   perplexity and the main tasks with their 95% intervals, copy loss, KV bytes per
+                   sequence, and the copying stage's final training loss
   accuracy.png     accuracy against context length, one panel per task, one line per preset
   depth.png        niah_single accuracy and copy loss (nats on the repeated tokens) by distance at
                    the longest length, per preset, with all-sliding's receptive field marked
@@ -101,6 +104,33 @@ def decode_rate(bench_rows, context):
     return max((r["decode_tokens_per_s"] for r in rows), default=None)
 
 
+def write_compact(path, runs, length):
+    """compact.md: one row per evaluated preset at `length`, with the intervals inline."""
+    tasks = ["niah_single", "niah_multikey", "vt", "cwe", "copy"]
+    header = (["preset", "layout", f"ppl @{length}"] + [f"{t} @{length}" for t in tasks] +
+              [f"copy nll @{length}", f"KV/seq @{length}", "stage 1 final loss"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for preset in PRESETS:
+        if preset not in runs:
+            continue
+        e = runs[preset]["eval"]
+        ppl = next(p for p in e["perplexity"] if p["length"] == length)
+        acc = {t["task"]: t for t in e["tasks"] if t["length"] == length}
+        row = [preset, "`" + e.get("layout", "") + "`",
+               f"{ppl['ppl']:.0f} [{ppl['ppl_low']:.0f}, {ppl['ppl_high']:.0f}]"]
+        for t in tasks:
+            a = acc.get(t)
+            row.append(f"{a['accuracy']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]" if a else "-")
+        nll = acc.get("copy", {}).get("nll")
+        row.append(f"{nll:.2f}" if nll is not None else "-")
+        row.append(human_bytes(e["kv_bytes_per_sequence"][str(length)]))
+        stage1 = runs[preset]["copy_loss"]
+        row.append(f"{stage1[-1][1]:.2f}" if stage1 else "-")
+        lines.append("| " + " | ".join(row) + " |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--experiment", default="docs/results/runs")
@@ -158,6 +188,7 @@ def main():
             f.write("\nNot run yet: " + ", ".join(summary["missing"]) + "\n")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+    write_compact(os.path.join(args.out, "compact.md"), runs, longest)
 
     colours = plt.cm.tab10.colors
     styles = {p: (colours[i % 10], "-" if i < 10 else "--") for i, p in enumerate(PRESETS)}
@@ -244,7 +275,7 @@ def main():
     fig.tight_layout()
     fig.savefig(os.path.join(args.out, "loss.png"), dpi=90)
     plt.close(fig)
-    print(f"report: {len(runs)} presets -> {args.out} (table.md, accuracy.png, depth.png, "
+    print(f"report: {len(runs)} presets -> {args.out} (table.md, compact.md, accuracy.png, depth.png, "
           f"loss.png, summary.json)" + (f"; not run yet: {', '.join(summary['missing'])}"
                                         if summary["missing"] else ""))
 
