@@ -193,25 +193,21 @@ stage_parallel() {
   [ "$failed" = 0 ] || { echo "a worker failed: see $out/worker-*.log" >&2; return 1; }
 }
 
+# stage_train, or with JOBS > 1 the same presets split over JOBS one-thread workers.
+train_all() {
+  if [ "$jobs" -gt 1 ]; then stage_parallel "$jobs"; else stage_train; fi
+}
+
 jobs=${JOBS:-1}
 [[ "$jobs" =~ ^[1-9][0-9]*$ ]] || { echo "JOBS must be a positive integer, not '$jobs'" >&2; exit 2; }
-if [ "$jobs" -gt 1 ] && [[ "${1:-all}" = train || "${1:-all}" = all ]]; then
-  stage_data
-  stage_parallel "$jobs"
-  if [ "${1:-all}" = all ]; then
-    stage_bench
-    stage_report
-  fi
-  exit 0
-fi
 
 case "${1:-all}" in
   data) stage_data ;;
-  train) stage_data && stage_train ;;
+  train) stage_data && train_all ;;
   eval) stage_eval ;;
   keep) stage_keep ;;
   bench) stage_bench ;;
   report) stage_report ;;
-  all) stage_data && stage_train && stage_eval && stage_bench && stage_report ;;
+  all) stage_data && train_all && stage_eval && stage_bench && stage_report ;;
   *) echo "usage: $0 [data|train|eval|keep|bench|report|all]" >&2; exit 2 ;;
 esac
