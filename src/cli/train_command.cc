@@ -14,11 +14,11 @@
 //
 // Under `mpirun -np N` every rank trains on its share of each batch (train/trainer.h); rank 0
 // alone writes files and prints.
+#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <chrono>
-#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -44,8 +44,40 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-volatile std::sig_atomic_t g_stop_requested = 0;
-void RequestStop(int) { g_stop_requested = 1; }
+// SIGINT / SIGTERM stop a run after the current step, and no handler ever runs for them: oneDNN's
+// JIT f32 GEMM (2.7, as Debian 12 ships it) points rsp into the heap while it runs, so a handler
+// invoked there writes its signal frame over heap memory (oneDNN issue #4845, fixed in 3.11).
+// The signals are blocked before any thread exists (MPI's, OpenMP's), so every thread inherits
+// the mask and they stay pending; the training loop polls for them between steps.
+class StopSignals {
+ public:
+  StopSignals() {
+    sigemptyset(&signals_);
+    sigaddset(&signals_, SIGINT);
+    sigaddset(&signals_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &signals_, &previous_);
+  }
+  StopSignals(const StopSignals&) = delete;
+  StopSignals& operator=(const StopSignals&) = delete;
+  ~StopSignals() {
+    // One that came after the last step has nothing left to stop: unblocked, it would kill the
+    // process with the default action, so it is taken first.
+    const timespec no_wait{};
+    while (sigtimedwait(&signals_, nullptr, &no_wait) > 0) {
+    }
+    pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
+  }
+
+  bool Pending() const {
+    sigset_t pending;
+    sigpending(&pending);
+    return sigismember(&pending, SIGINT) == 1 || sigismember(&pending, SIGTERM) == 1;
+  }
+
+ private:
+  sigset_t signals_;
+  sigset_t previous_;
+};
 
 struct TrainCommandOptions {
   std::string data;
@@ -184,7 +216,8 @@ void CopyFileAtomically(const fs::path& from, const fs::path& to) {
   WriteBytesAtomically(to.string(), bytes.str());
 }
 
-void RunTrain(const ModelSource& source, TrainCommandOptions options, CLI::App& command) {
+void RunTrain(const ModelSource& source, TrainCommandOptions options, CLI::App& command,
+              const StopSignals& stop_signals) {
   Distributed& world = Distributed::Get();
   const bool root = world.is_root();
   const fs::path out(options.out);
@@ -336,8 +369,12 @@ void RunTrain(const ModelSource& source, TrainCommandOptions options, CLI::App& 
     return loss;
   };
 
-  std::signal(SIGINT, RequestStop);
-  std::signal(SIGTERM, RequestStop);
+  // Every rank stops after the same step (mpirun forwards a signal to each rank, not all at once).
+  auto stop_requested = [&]() {
+    double requested = stop_signals.Pending() ? 1.0 : 0.0;
+    world.SumInPlace(&requested, 1);
+    return requested > 0;
+  };
   const Clock::time_point start = Clock::now();
   const int64_t first_step = trainer->step();
   StepResult last;
@@ -365,11 +402,12 @@ void RunTrain(const ModelSource& source, TrainCommandOptions options, CLI::App& 
                          static_cast<double>(last.step - first_step);
       progress.Step(last, tokens_per_s, eta, eval_now || trainer->done());
     }
-    if (trainer->done() || g_stop_requested ||
+    const bool stop = stop_requested();
+    if (trainer->done() || stop ||
         (options.save_every > 0 && last.step % options.save_every == 0)) {
-      save(trainer->done() || g_stop_requested);
+      save(trainer->done() || stop);
     }
-    if (g_stop_requested) {
+    if (stop && !trainer->done()) {
       if (root) {
         progress.Finish();
         progress.Message("interrupted at step " + std::to_string(last.step) +
@@ -476,9 +514,10 @@ void RegisterTrainCommand(CLI::App& app) {
       ->capture_default_str();
   output->add_flag("--json", options->json, "print a JSON summary at the end");
   command->callback([source, options, command]() {
+    const StopSignals stop_signals;  // before Distributed starts MPI's threads
     Distributed& world = Distributed::Get();
     try {
-      RunTrain(*source, *options, *command);
+      RunTrain(*source, *options, *command, stop_signals);
     } catch (const Error& e) {
       if (world.size() == 1) throw;
       std::fprintf(stderr, "error (rank %d): %s\n", world.rank(), e.what());

@@ -136,6 +136,40 @@ def test_sigterm_saves_and_exits(mixattn, data, work):
           f"checkpoint of the last step saved ({latest}, last step {max(steps)})")
 
 
+def test_signal_burst_during_matmuls(mixattn, data, work):
+    """oneDNN's JIT f32 GEMM (Debian 12's 2.7) points rsp into the heap while it runs, so a signal
+    handler invoked inside it writes its frame over heap memory (oneDNN issue #4845). The trainer
+    must never run a handler: signals sent while the matmuls run leave the heap intact, and the
+    run still saves and exits 130. A model wide enough that most of a step is spent in sgemm, and
+    a burst of signals, make the old handler corrupt the heap in nearly every run."""
+    for attempt in range(3):
+        out = os.path.join(work, f"signal-burst-{attempt}")
+        process = subprocess.Popen(
+            [mixattn, "train", "--preset", "standard", "--layers", "4", "--hidden", "256",
+             "--heads", "4", "--kv-heads", "2", "--head-dim", "64", "--ffn", "768", "--window",
+             "8", "--data", data, "--out", out, "--steps", "100000", "--batch", "8", "--seq",
+             "64", "--matmul", "f32", "--eval-every", "0", "--save-every", "0"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 60
+        while time.time() < deadline and process.poll() is None:
+            if os.path.exists(os.path.join(out, "train.jsonl")) and len(read_log(out)[0]) >= 2:
+                break
+            time.sleep(0.02)
+        sent = 0
+        while process.poll() is None and sent < 2000:
+            process.send_signal(signal.SIGINT if sent % 2 else signal.SIGTERM)
+            sent += 1
+            time.sleep(0.002)
+        _, err = process.communicate(timeout=60)
+        check(process.returncode == 130,
+              f"run {attempt}: {sent} signals during training: exit 130 ({process.returncode}: "
+              f"{err[-300:]})")
+        steps, _ = read_log(out)
+        latest = os.listdir(os.path.join(out, "checkpoints"))
+        check(latest == [f"checkpoint-{max(steps):08d}.safetensors"],
+              f"run {attempt}: checkpoint of the last step saved ({latest}, last step {max(steps)})")
+
+
 def test_mpi_matches_single_process(mixattn, data, work):
     mpirun = shutil.which("mpirun")
     check(mpirun is not None, "mpirun installed (scripts/setup.sh installs openmpi-bin)")
@@ -292,6 +326,7 @@ def main():
     test_run_files_and_learning(args.mixattn, data, args.workdir)
     test_exact_resume_after_kill(args.mixattn, data, args.workdir)
     test_sigterm_saves_and_exits(args.mixattn, data, args.workdir)
+    test_signal_burst_during_matmuls(args.mixattn, data, args.workdir)
     if not args.skip_mpi:
         test_mpi_matches_single_process(args.mixattn, data, args.workdir)
     test_init_from(args.mixattn, data, args.workdir)
