@@ -104,11 +104,14 @@ def decode_rate(bench_rows, context):
     return max((r["decode_tokens_per_s"] for r in rows), default=None)
 
 
-def write_compact(path, runs, length):
-    """compact.md: one row per evaluated preset at `length`, with the intervals inline."""
+def write_compact(path, runs, bench, length):
+    """compact.md: one row per evaluated preset at `length`, with the intervals inline, and the
+    decode speed of every context the bench measured."""
     tasks = ["niah_single", "niah_multikey", "vt", "cwe", "copy"]
+    contexts = sorted({r["context"] for rows in bench.values() for r in rows})
     header = (["preset", "layout", f"ppl @{length}"] + [f"{t} @{length}" for t in tasks] +
-              [f"copy nll @{length}", f"KV/seq @{length}", "stage 1 final loss"])
+              [f"copy nll @{length}", f"KV/seq @{length}"] +
+              [f"decode tok/s @{c}" for c in contexts] + ["stage 1 final loss"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for preset in PRESETS:
         if preset not in runs:
@@ -124,6 +127,9 @@ def write_compact(path, runs, length):
         nll = acc.get("copy", {}).get("nll")
         row.append(f"{nll:.2f}" if nll is not None else "-")
         row.append(human_bytes(e["kv_bytes_per_sequence"][str(length)]))
+        for c in contexts:
+            rate = decode_rate(bench.get(preset, []), c)
+            row.append(f"{rate:,.0f}" if rate else "-")
         stage1 = runs[preset]["copy_loss"]
         row.append(f"{stage1[-1][1]:.2f}" if stage1 else "-")
         lines.append("| " + " | ".join(row) + " |")
@@ -188,7 +194,7 @@ def main():
             f.write("\nNot run yet: " + ", ".join(summary["missing"]) + "\n")
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    write_compact(os.path.join(args.out, "compact.md"), runs, longest)
+    write_compact(os.path.join(args.out, "compact.md"), runs, bench, longest)
 
     colours = plt.cm.tab10.colors
     styles = {p: (colours[i % 10], "-" if i < 10 else "--") for i, p in enumerate(PRESETS)}
