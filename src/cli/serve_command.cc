@@ -24,6 +24,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_loading.h"
+#include "cli/stop_signals.h"
 #include "core/error.h"
 #include "core/units.h"
 #include "model/kv_plan.h"
@@ -114,11 +115,7 @@ void RunServe(const ServeOptions& options) {
       ParseWholeNumber(options.drain_timeout, "--drain-timeout", 0, 24 * 3600, " seconds"));
 
   // Before any thread exists (the engine's, cpp-httplib's, OpenMP's), so all inherit the mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  const StopSignals stop_signals;
   // A client that disconnects makes a write fail with EPIPE instead of killing the process.
   signal(SIGPIPE, SIG_IGN);
 
@@ -165,8 +162,7 @@ void RunServe(const ServeOptions& options) {
       kill(getpid(), SIGTERM);  // wakes the sigwait below
     }
   });
-  int received = 0;
-  sigwait(&stop_signals, &received);
+  const int received = stop_signals.Wait();
   if (!listener_failed) {
     std::fprintf(stderr,
                  "mixattn serve: %s: finishing the requests in flight (at most %lld s), then "

@@ -14,7 +14,6 @@
 //
 // Under `mpirun -np N` every rank trains on its share of each batch (train/trainer.h); rank 0
 // alone writes files and prints.
-#include <signal.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -29,6 +28,7 @@
 
 #include "cli/commands.h"
 #include "cli/model_source.h"
+#include "cli/stop_signals.h"
 #include "core/error.h"
 #include "core/units.h"
 #include "model/kv_plan.h"
@@ -43,41 +43,6 @@ namespace {
 
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
-
-// SIGINT / SIGTERM stop a run after the current step, and no handler ever runs for them: oneDNN's
-// JIT f32 GEMM (2.7, as Debian 12 ships it) points rsp into the heap while it runs, so a handler
-// invoked there writes its signal frame over heap memory (oneDNN issue #4845, fixed in 3.11).
-// The signals are blocked before any thread exists (MPI's, OpenMP's), so every thread inherits
-// the mask and they stay pending; the training loop polls for them between steps.
-class StopSignals {
- public:
-  StopSignals() {
-    sigemptyset(&signals_);
-    sigaddset(&signals_, SIGINT);
-    sigaddset(&signals_, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &signals_, &previous_);
-  }
-  StopSignals(const StopSignals&) = delete;
-  StopSignals& operator=(const StopSignals&) = delete;
-  ~StopSignals() {
-    // One that came after the last step has nothing left to stop: unblocked, it would kill the
-    // process with the default action, so it is taken first.
-    const timespec no_wait{};
-    while (sigtimedwait(&signals_, nullptr, &no_wait) > 0) {
-    }
-    pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
-  }
-
-  bool Pending() const {
-    sigset_t pending;
-    sigpending(&pending);
-    return sigismember(&pending, SIGINT) == 1 || sigismember(&pending, SIGTERM) == 1;
-  }
-
- private:
-  sigset_t signals_;
-  sigset_t previous_;
-};
 
 struct TrainCommandOptions {
   std::string data;
