@@ -117,15 +117,20 @@ def test_exact_resume_after_kill(mixattn, data, work):
           read_safetensors(os.path.join(killed, "model.safetensors")), "final weights identical")
 
 
+def wait_for_steps(process, out, steps, timeout=60):
+    """Until `process`'s run in `out` has logged `steps` steps (or it exits, or `timeout` s pass)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and process.poll() is None:
+        if os.path.exists(os.path.join(out, "train.jsonl")) and len(read_log(out)[0]) >= steps:
+            return
+        time.sleep(0.02)
+
+
 def test_sigterm_saves_and_exits(mixattn, data, work):
     out = os.path.join(work, "sigterm")
     process = subprocess.Popen([mixattn, *train_args(data, out, 100000, save_every=0)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if os.path.exists(os.path.join(out, "train.jsonl")) and len(read_log(out)[0]) >= 3:
-            break
-        time.sleep(0.05)
+    wait_for_steps(process, out, 3)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
     check(process.returncode == 130, f"SIGTERM exits 130 ({process.returncode}: {err[-300:]})")
@@ -150,11 +155,7 @@ def test_signal_burst_during_matmuls(mixattn, data, work):
              "8", "--data", data, "--out", out, "--steps", "100000", "--batch", "8", "--seq",
              "64", "--matmul", "f32", "--eval-every", "0", "--save-every", "0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 60
-        while time.time() < deadline and process.poll() is None:
-            if os.path.exists(os.path.join(out, "train.jsonl")) and len(read_log(out)[0]) >= 2:
-                break
-            time.sleep(0.02)
+        wait_for_steps(process, out, 2)
         sent = 0
         while process.poll() is None and sent < 2000:
             process.send_signal(signal.SIGINT if sent % 2 else signal.SIGTERM)
