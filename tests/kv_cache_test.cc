@@ -141,6 +141,11 @@ TEST(KvBlockPoolTest, RejectsBadSizesWithAMessage) {
             std::string::npos);
   EXPECT_NE(ErrorMessage([] { KvBlockPool(4, 0, 2, 8, DType::kF32); }).find("block_tokens"),
             std::string::npos);
+  // K is stored in 32-bit words: an odd head_dim fits f32 but not bf16.
+  EXPECT_NE(ErrorMessage([] { KvBlockPool(4, 4, 2, 7, DType::kBF16); })
+                .find("head_dim must be even for a BF16 cache (got 7)"),
+            std::string::npos);
+  EXPECT_EQ(KvBlockPool(4, 4, 2, 7, DType::kF32).block_bytes(), 2 * 4 * 2 * 7 * 4);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,6 +351,7 @@ class KvCacheIntegrity {
       : plan_(plan), pool_(pool), cache_(plan, pool) {
     vector_bytes_ = kKvHeads * kHeadDim * DTypeSize(pool.dtype());
     expected_.resize(static_cast<size_t>(vector_bytes_));
+    read_.resize(static_cast<size_t>(vector_bytes_));
   }
 
   KvCache& cache() { return cache_; }
@@ -354,8 +360,10 @@ class KvCacheIntegrity {
     for (int owner : plan_.kv_owners()) {
       const ops::PagedKvView view = cache_.View(id, owner);
       for (int64_t p = from; p < to; ++p) {
-        Pattern(id, owner, p, false, view.key(p), vector_bytes_);
-        Pattern(id, owner, p, true, view.value(p), vector_bytes_);
+        Pattern(id, owner, p, false, expected_.data(), vector_bytes_);
+        view.WriteKey(p, expected_.data());
+        Pattern(id, owner, p, true, expected_.data(), vector_bytes_);
+        view.WriteValue(p, expected_.data());
       }
     }
   }
@@ -390,10 +398,12 @@ class KvCacheIntegrity {
         if (!check_data) continue;
         for (int64_t p = view.first_block * view.block_tokens; p < view.num_tokens; ++p) {
           Pattern(id, owner, p, false, expected_.data(), vector_bytes_);
-          ASSERT_EQ(std::memcmp(view.key(p), expected_.data(), expected_.size()), 0)
+          view.ReadKey(p, read_.data());
+          ASSERT_EQ(std::memcmp(read_.data(), expected_.data(), expected_.size()), 0)
               << "K of owner " << owner << " position " << p;
           Pattern(id, owner, p, true, expected_.data(), vector_bytes_);
-          ASSERT_EQ(std::memcmp(view.value(p), expected_.data(), expected_.size()), 0)
+          view.ReadValue(p, read_.data());
+          ASSERT_EQ(std::memcmp(read_.data(), expected_.data(), expected_.size()), 0)
               << "V of owner " << owner << " position " << p;
         }
       }
@@ -408,6 +418,7 @@ class KvCacheIntegrity {
   KvCache cache_;
   int64_t vector_bytes_ = 0;
   std::vector<std::byte> expected_;
+  std::vector<std::byte> read_;  // a K or V vector read back from the cache
 };
 
 TEST(KvCacheTest, DataSurvivesAppendsFreesAndOtherSequences) {

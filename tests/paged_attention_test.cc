@@ -114,18 +114,30 @@ class TestPool {
   std::byte* base() const { return memory_; }
   std::byte* block(int32_t id) const { return memory_ + id * shape_.block_bytes(); }
 
-  // Takes blocks for positions [0, tokens) of `seq` and writes them; returns the ids of logical
-  // blocks 0, 1, ... Slots past `tokens` in the last block stay NaN.
+  // Takes blocks for positions [0, tokens) of `seq` and writes them in the layout paged_kv.h
+  // documents (spelled out here, not through PagedKvView, so that the view's addressing is tested
+  // too); returns the ids of logical blocks 0, 1, ... Slots past `tokens` in the last block stay
+  // NaN.
   std::vector<int32_t> Write(const SequenceData& seq, int64_t tokens) {
     const int64_t B = shape_.block_tokens, KVH = shape_.kv_heads, D = shape_.head_dim;
+    const int64_t elem = shape_.elem_bytes(), per_word = 4 / elem;  // P elements per word
     std::vector<int32_t> ids(static_cast<size_t>(shape_.BlocksFor(tokens)));
     for (int32_t& id : ids) id = ids_.at(next_++);
     for (int64_t p = 0; p < tokens; ++p) {
-      std::byte* k_slot =
-          block(ids[static_cast<size_t>(p / B)]) + (p % B) * KVH * D * shape_.elem_bytes();
-      std::byte* v_slot = k_slot + B * KVH * D * shape_.elem_bytes();
-      StoreElements(k_slot, &seq.k[static_cast<size_t>(p * KVH * D)], KVH * D, shape_.dtype);
-      StoreElements(v_slot, &seq.v[static_cast<size_t>(p * KVH * D)], KVH * D, shape_.dtype);
+      std::byte* block_start = block(ids[static_cast<size_t>(p / B)]);
+      const int64_t slot = p % B;
+      for (int64_t h = 0; h < KVH; ++h) {
+        // KV head h's part: K words [D / P, B], element d of slot s in word (d / P) * B + s;
+        // then V [B, D].
+        std::byte* part = block_start + h * 2 * B * D * elem;
+        const float* k = &seq.k[static_cast<size_t>((p * KVH + h) * D)];
+        for (int64_t d = 0; d < D; ++d) {
+          StoreElements(part + ((d / per_word) * B + slot) * 4 + (d % per_word) * elem, k + d, 1,
+                        shape_.dtype);
+        }
+        StoreElements(part + B * D * elem + slot * D * elem,
+                      &seq.v[static_cast<size_t>((p * KVH + h) * D)], D, shape_.dtype);
+      }
     }
     return ids;
   }
@@ -314,7 +326,7 @@ std::string SweepName(const ::testing::TestParamInfo<SweepParam>& info) {
 }
 
 INSTANTIATE_TEST_SUITE_P(PagedAttention, PagedAttentionSweep,
-                         ::testing::Combine(::testing::Values<int64_t>(1, 4, 16),
+                         ::testing::Combine(::testing::Values<int64_t>(1, 4, 16, 32),
                                             ::testing::Values<int64_t>(8, 64, 128, 80),
                                             ::testing::Values(std::pair<int64_t, int64_t>{1, 1},
                                                               std::pair<int64_t, int64_t>{4, 1},
@@ -439,6 +451,61 @@ TEST(PagedAttentionTest, PartlyWrittenLastBlock) {
       const SequenceData seq = MakeSequence(shape, 21, 23);
       CheckAllKernels(shape, {{&seq, 20, 1}, {&seq, 14, 7}, {&seq, 0, 21}, {&seq, 0, 3}}, 29);
     }
+  }
+}
+
+// An f32 cache takes any head_dim (a word holds one element): D = 9 leaves an odd word at the end
+// of each K column and a V row shorter than any vector.
+TEST(PagedAttentionTest, OddHeadDimInF32) {
+  for (int64_t block_tokens : {3, 16}) {
+    const LayerShape shape{block_tokens, 9, 4, 2, 0, DType::kF32};
+    const SequenceData seq = MakeSequence(shape, 40, 47);
+    CheckAllKernels(shape, {{&seq, 39, 1}, {&seq, 0, 40}, {&seq, 20, 7}}, 53);
+  }
+}
+
+// PagedKvView addresses K where TestPool::Write (which spells out paged_kv.h's layout) put it, and
+// WriteKey / ReadKey and WriteValue / ReadValue move whole [KVH, D] vectors to and from the same
+// places.
+TEST(PagedAttentionTest, ViewAddressesTheDocumentedKeyLayout) {
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    LayerShape shape = SmallShape(0, dtype);
+    shape.block_tokens = 5;
+    const int64_t tokens = 12, KVH = shape.kv_heads, D = shape.head_dim;
+    const SequenceData seq = MakeSequence(shape, tokens, 41);
+    std::vector<std::byte> memory(static_cast<size_t>(shape.BlocksFor(tokens) * shape.block_bytes()));
+    TestPool pool(shape, shape.BlocksFor(tokens), memory.data(), 43);
+    std::vector<PreparedJob> prepared = Prepare(shape, {{&seq, 0, tokens, false}}, pool);
+    const PagedKvView view = MakeJob(shape, pool, prepared[0]).kv;
+    std::vector<std::byte> expected(static_cast<size_t>(KVH * D * shape.elem_bytes()));
+    std::vector<std::byte> read(expected.size());
+    for (int64_t p = 0; p < tokens; ++p) {
+      SCOPED_TRACE("position " + std::to_string(p) + " " + std::string(DTypeName(dtype)));
+      StoreElements(expected.data(), &seq.k[static_cast<size_t>(p * KVH * D)], KVH * D, dtype);
+      for (int64_t h = 0; h < KVH; ++h)
+        for (int64_t d = 0; d < D; ++d)
+          ASSERT_EQ(std::memcmp(view.key_element(p, h, d),
+                                expected.data() + (h * D + d) * shape.elem_bytes(),
+                                static_cast<size_t>(shape.elem_bytes())),
+                    0)
+              << "head " << h << " dim " << d;
+      view.ReadKey(p, read.data());
+      EXPECT_EQ(read, expected);
+    }
+    // WriteKey into a copy of the pool's memory wiped to NaN reproduces it byte for byte.
+    std::vector<std::byte> copy = memory;
+    FillNaN(copy.data(), static_cast<int64_t>(copy.size()) / shape.elem_bytes(), dtype);
+    PagedKvView copy_view = view;
+    copy_view.pool_base = copy.data();
+    for (int64_t p = 0; p < tokens; ++p) {
+      StoreElements(expected.data(), &seq.k[static_cast<size_t>(p * KVH * D)], KVH * D, dtype);
+      copy_view.WriteKey(p, expected.data());
+      StoreElements(expected.data(), &seq.v[static_cast<size_t>(p * KVH * D)], KVH * D, dtype);
+      copy_view.WriteValue(p, expected.data());
+      view.ReadValue(p, read.data());
+      EXPECT_EQ(read, expected);
+    }
+    EXPECT_EQ(copy, memory);
   }
 }
 

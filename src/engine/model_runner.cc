@@ -121,8 +121,11 @@ const std::vector<float>& ModelRunner::Forward(std::span<const BatchItem> items,
         const ops::PagedKvView view = cache.View(item.sequence, i);
         for (size_t j = 0; j < item.tokens.size(); ++j, ++row) {
           const int64_t position = item.start + static_cast<int64_t>(j);
-          ops::StoreAs(k_.data() + row * kvh * d, kvh * d, view.dtype, view.key(position));
-          ops::StoreAs(v_.data() + row * kvh * d, kvh * d, view.dtype, view.value(position));
+          kv_vector_.resize(static_cast<size_t>(kvh * d * DTypeSize(view.dtype)));
+          ops::StoreAs(k_.data() + row * kvh * d, kvh * d, view.dtype, kv_vector_.data());
+          view.WriteKey(position, kv_vector_.data());
+          ops::StoreAs(v_.data() + row * kvh * d, kvh * d, view.dtype, kv_vector_.data());
+          view.WriteValue(position, kv_vector_.data());
         }
       }
     }

@@ -8,6 +8,7 @@
 // KVH = KV heads, D = head_dim, F = ffn, V = vocab.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -75,6 +76,7 @@ class ModelRunner {
   std::vector<int32_t> positions_;                                                 // [R]
   std::vector<float> x_, normed_, q_, k_, v_, attention_, projected_, gate_, up_;  // [R, ...]
   std::vector<ops::AttentionJob> jobs_;                                            // [items]
+  std::vector<std::byte> kv_vector_;  // one position's K or V [KVH, D] in the cache's dtype
   std::vector<float> final_rows_;  // [rows wanted, H]
   std::vector<float> logits_;      // [rows wanted, V]
 };

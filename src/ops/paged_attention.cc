@@ -6,14 +6,17 @@
 //
 // The fast kernel. One work item is (job, KV head, tile of up to kQueryTile queries); its R rows
 // are every query head of the KV head's group for every query of the tile, so each K/V vector
-// read from the pool serves all R rows. Keys are walked in chunks of L consecutive positions over
-// [first key any row of the tile sees, last query + 1): blocks wholly outside every window are
-// never touched. Keys are grouped in spans of S = 4 L positions (4 chunks of L). Per span:
-//   1. per chunk, its K rows of this head are widened to f32 into an L1-resident scratch tile
-//      [L, Dp] (bf16 -> f32 is a 16-bit shift; f32 rows with D % L == 0 are read in place), and
-//      for every row L dot products s_i = q.k_i / sqrt(D) run in L vector accumulators, summed
-//      across lanes by a transpose-and-add tree into one vector of L scores (no per-key
-//      horizontal sum);
+// read from the pool serves all R rows. Keys are walked in chunks of L consecutive positions
+// starting at a multiple of L, over [first key any row of the tile sees, last query + 1): blocks
+// wholly outside every window are never touched. Keys are grouped in spans of S = 4 L positions
+// (4 chunks of L). Per span:
+//   1. per chunk, the scores s_i = q.k_i / sqrt(D) of every row against its L keys, with the keys
+//      in the vector lanes: K is stored transposed (paged_kv.h), so one load gives the same
+//      dimensions (one 32-bit word: two bf16 dimensions or one f32) of the chunk's L keys, and
+//      each row adds q_d times that vector into its accumulator, q_d broadcast. No score needs a
+//      reduction across lanes and K is never copied; bf16 splits into f32 lanes with one shift
+//      (even dimension) or one mask (odd). When B is not a multiple of L a chunk can straddle
+//      blocks, and its K words are gathered into an L1-resident scratch tile first;
 //   2. per row, keys outside its mask get -inf, then one online softmax update for the whole
 //      span (Milakov & Gimelshein 2018, "Online normalizer calculation for softmax";
 //      FlashAttention, Dao et al. 2022, Alg. 1): with running max m, denominator l and numerator
@@ -26,9 +29,8 @@
 // Bandwidth arithmetic (decode, G = 4, D = 64, bf16): per key and KV head the kernel reads
 // 2 * 64 * 2 = 256 bytes and does 2 * G * D = 512 multiply-adds, i.e. 2 multiply-adds per byte:
 // at 40 GB/s per core that is 80 G multiply-adds/s, a third of one Zen 5 core's f32 FMA peak, so
-// decode stays bandwidth-bound as long as the per-key overhead (conversion, score tree, softmax)
-// stays small. That is why each K/V load serves the whole query group and no score is reduced
-// on its own.
+// decode stays bandwidth-bound as long as the per-key overhead (conversion, softmax) stays small.
+// That is why each K/V load serves the whole query group and scores come out in lanes.
 #ifndef MIXATTN_PAGED_ATTENTION_KERNEL_PASS
 // ================================================================================================
 // Main pass: everything but the kernel, which is at the bottom of this file and is included once
@@ -79,6 +81,7 @@ void CheckJob(const AttentionJob& job, int64_t query_heads) {
   MIXATTN_CHECK(kv.pool_base != nullptr && kv.block_ids != nullptr);
   MIXATTN_CHECK(kv.block_tokens > 0 && kv.kv_heads > 0 && kv.head_dim > 0);
   MIXATTN_CHECK(query_heads > 0 && query_heads % kv.kv_heads == 0);
+  MIXATTN_CHECK(kv.head_dim * DTypeSize(kv.dtype) % 4 == 0);  // K is stored in 32-bit words
   MIXATTN_CHECK(kv.block_bytes ==
                 2 * kv.block_tokens * kv.kv_heads * kv.head_dim * DTypeSize(kv.dtype));
   MIXATTN_CHECK(kv.num_tokens >= job.q_start + job.query_len);
@@ -114,7 +117,6 @@ void PagedAttentionScalar(std::span<const AttentionJob> jobs, int64_t query_head
     const PagedKvView& kv = job.kv;
     const int64_t dim = kv.head_dim;
     const int64_t group = query_heads / kv.kv_heads;
-    const int64_t elem = DTypeSize(kv.dtype);
     const double scale = 1.0 / std::sqrt(static_cast<double>(dim));
     accum.resize(static_cast<size_t>(dim));
     for (int64_t t = 0; t < job.query_len; ++t) {
@@ -122,14 +124,13 @@ void PagedAttentionScalar(std::span<const AttentionJob> jobs, int64_t query_head
       const int64_t first_key = FirstVisibleKey(p, job.window);
       scores.resize(static_cast<size_t>(p - first_key + 1));
       for (int64_t n = 0; n < query_heads; ++n) {
-        const int64_t head_offset = (n / group) * dim * elem;  // KV head n / G
+        const int64_t head = n / group;  // KV head n / G
         const float* q_vec = job.q + (t * query_heads + n) * dim;
         double max_score = -INFINITY;
         for (int64_t j = first_key; j <= p; ++j) {
-          const std::byte* k_vec = kv.key(j) + head_offset;
           double dot = 0;
           for (int64_t d = 0; d < dim; ++d)
-            dot += double{q_vec[d]} * LoadElement(k_vec, d, kv.dtype);
+            dot += double{q_vec[d]} * LoadElement(kv.key_element(j, head, d), 0, kv.dtype);
           scores[static_cast<size_t>(j - first_key)] = dot * scale;
           max_score = std::max(max_score, dot * scale);
         }
@@ -138,7 +139,7 @@ void PagedAttentionScalar(std::span<const AttentionJob> jobs, int64_t query_head
         for (int64_t j = first_key; j <= p; ++j) {
           const double weight = std::exp(scores[static_cast<size_t>(j - first_key)] - max_score);
           normaliser += weight;
-          const std::byte* v_vec = kv.value(j) + head_offset;
+          const std::byte* v_vec = kv.value(j, head);
           for (int64_t d = 0; d < dim; ++d)
             accum[static_cast<size_t>(d)] += weight * LoadElement(v_vec, d, kv.dtype);
         }
@@ -160,94 +161,55 @@ constexpr int64_t kMaxLanes = 16;
 // Chunks of L keys per span S = 4 L: the online softmax rescales once per span, and each value
 // vector is widened once per span for all R rows.
 constexpr int kSpanChunks = 4;
-// Keys prefetched ahead of the one being loaded: 32 keys of D = 64 bf16 K and V are 16 KiB in
+// Keys prefetched ahead of the chunk being loaded: 32 keys of D = 64 bf16 K and V are 16 KiB in
 // flight, about what one core needs to stream at 40 GB/s with ~100 ns DRAM latency (Little's law:
 // 40 GB/s * 100 ns = 4 KB, times a margin for the block jumps the hardware prefetcher misses).
 constexpr int64_t kPrefetchKeys = 32;
 
-// Walks key positions in order and gives the address of each one's K vector for one KV head,
-// with no division and no block lookup per key inside a block. Pool layout (paged_kv.h): block id
-// b holds K [B, KVH, D] then V [B, KVH, D]; position p is logical block p / B, slot p % B. The
-// next block's id is looked up only when a key in it is asked for, so walking up to the end of
-// the listed blocks never reads past them.
-class KeyCursor {
- public:
-  KeyCursor(const PagedKvView& kv, int64_t kv_head, int64_t position)
-      : kv_(kv),
-        token_bytes_(kv.kv_heads * kv.head_dim * DTypeSize(kv.dtype)),
-        head_offset_(kv_head * kv.head_dim * DTypeSize(kv.dtype)),
-        block_(position / kv.block_tokens),
-        slot_(position % kv.block_tokens) {}
-
-  const std::byte* key() {
-    if (address_ == nullptr) {
-      const int64_t id = kv_.block_ids[block_ - kv_.first_block];
-      address_ = kv_.pool_base + id * kv_.block_bytes + slot_ * token_bytes_ + head_offset_;
-    }
-    return address_;
-  }
-  void Next() {
-    if (++slot_ == kv_.block_tokens) {
-      slot_ = 0;
-      ++block_;
-      address_ = nullptr;
-    } else if (address_ != nullptr) {
-      address_ += token_bytes_;
-    }
-  }
-
- private:
-  const PagedKvView& kv_;
-  int64_t token_bytes_;                 // one position's [KVH, D]
-  int64_t head_offset_;                 // KV head kv_head within it
-  int64_t block_;                       // logical block of the current position
-  int64_t slot_;                        // its slot in the block
-  const std::byte* address_ = nullptr;  // of the current K vector, once computed
+// Where one KV head's keys and values of `count` consecutive positions inside one block are
+// (paged_kv.h): K as rows of `count` words, row i (dimensions i * P ..) at k + i * B words, and
+// the V row of the j-th position at v + j * v_stride bytes.
+struct BlockRun {
+  const std::byte* k;
+  const std::byte* v;
+  int64_t v_stride;
 };
 
-// Prefetches the cache lines of one position's K and V vectors of one head.
-void PrefetchKeyValue(const std::byte* key, int64_t value_offset, int64_t row_bytes) {
-  for (int64_t offset = 0; offset < row_bytes; offset += 64) {
-    __builtin_prefetch(key + offset);
-    __builtin_prefetch(key + value_offset + offset);
-  }
+BlockRun LocateRun(const PagedKvView& kv, int64_t kv_head, int64_t position) {
+  BlockRun run;
+  run.k = kv.key_element(position, kv_head, 0);
+  run.v = kv.value(position, kv_head);
+  run.v_stride = kv.head_dim * DTypeSize(kv.dtype);
+  return run;
 }
 
-// Walks key positions [begin, end) of one KV head in order, giving each one's K address (its V
-// is value_offset() further) and prefetching the K and V lines kPrefetchKeys positions ahead:
-// blocks sit at scattered pool addresses, so the hardware prefetcher stalls at every block
-// boundary. Only positions < end are prefetched (nothing else is listed).
-class PrefetchingKeyWalk {
- public:
-  PrefetchingKeyWalk(const PagedKvView& kv, int64_t kv_head, int64_t begin, int64_t end)
-      : next_(kv, kv_head, begin),
-        ahead_(kv, kv_head, begin),
-        ahead_position_(begin),
-        end_(end),
-        row_bytes_(kv.head_dim * DTypeSize(kv.dtype)),
-        value_offset_(kv.block_tokens * kv.kv_heads * row_bytes_) {
-    for (int64_t i = 0; i < kPrefetchKeys; ++i) PrefetchOne();
-  }
-  int64_t value_offset() const { return value_offset_; }
-  // The next position's K address; the caller never asks for more than end - begin of them.
-  const std::byte* Next() {
-    PrefetchOne();
-    const std::byte* key = next_.key();
-    next_.Next();
-    return key;
-  }
+// Prefetches the cache line holding p. GCC counts __builtin_prefetch as free of side effects, so
+// a loop nest that only prefetches is deleted as dead code (C++ forward progress, -ffinite-loops);
+// an asm statement is kept.
+void PrefetchLine(const std::byte* p) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  asm volatile("prefetcht0 %0" : : "m"(*p));
+#else
+  __builtin_prefetch(p);
+#endif
+}
 
- private:
-  void PrefetchOne() {
-    if (ahead_position_ >= end_) return;
-    PrefetchKeyValue(ahead_.key(), value_offset_, row_bytes_);
-    ahead_.Next();
-    ++ahead_position_;
+// Prefetches one KV head's K words and V rows of positions [position, position + count), which
+// lie in one block: blocks sit at scattered pool addresses, so the hardware prefetcher stalls at
+// every block boundary.
+void PrefetchRun(const PagedKvView& kv, int64_t kv_head, int64_t position, int64_t count) {
+  const BlockRun run = LocateRun(kv, kv_head, position);
+  const int64_t row_bytes = kv.head_dim * DTypeSize(kv.dtype);
+  const int64_t k_row_stride = kv.block_tokens * 4;
+  for (int64_t i = 0; i < row_bytes / 4; ++i) {
+    const std::byte* row = run.k + i * k_row_stride;
+    for (int64_t offset = 0; offset < count * 4; offset += 64) PrefetchLine(row + offset);
   }
-  KeyCursor next_, ahead_;
-  int64_t ahead_position_, end_;
-  int64_t row_bytes_, value_offset_;
-};
+  for (int64_t j = 0; j < count; ++j) {
+    for (int64_t offset = 0; offset < row_bytes; offset += 64)
+      PrefetchLine(run.v + j * run.v_stride + offset);
+  }
+}
 
 int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
 
@@ -257,7 +219,7 @@ struct TileScratch {
   int64_t o_rows;    // [R, Dp] running numerators o
   int64_t row_max;   // [R] running maxima m
   int64_t row_sum;   // [R, L] running denominators l, kept per lane until the end
-  int64_t k_chunk;   // [L, Dp] the current chunk's keys as f32
+  int64_t k_chunk;   // [D / P, L] a straddling chunk's K words, gathered (B % L != 0 only)
   int64_t v_span;    // [S, Dp] the span's values as f32
   int64_t zero_row;  // [Dp] zeros: stands in for the keys past the end of a short span
   int64_t scores;    // [R, S] the span's scores s_i, then e^(s_i - m') in place
@@ -351,12 +313,6 @@ struct Isa {
     for (float lane : a.lane) sum += lane;
     return sum;
   }
-  // Lane i of the result = sum of the lanes of acc[i].
-  static V SumLanesOf(const V (&acc)[kLanes]) {
-    V out;
-    for (int i = 0; i < kLanes; ++i) out.lane[i] = ReduceSum(acc[i]);
-    return out;
-  }
   // Lanes outside [first, last) become `fill`.
   static V KeepLanes(V x, int64_t first, int64_t last, float fill) {
     for (int i = 0; i < kLanes; ++i)
@@ -367,6 +323,20 @@ struct Isa {
     V v;
     for (int i = 0; i < kLanes; ++i) v.lane[i] = Bf16ToF32(p[i]);
     return v;
+  }
+  // Of kLanes 32-bit words each holding two bf16 (paged_kv.h), the first (low) or second (high)
+  // halves as f32.
+  static V LowBf16(V words) { return MapBits(words, [](uint32_t w) { return w << 16; }); }
+  static V HighBf16(V words) { return MapBits(words, [](uint32_t w) { return w & 0xffff0000u; }); }
+  template <typename Op>
+  static V MapBits(V a, Op op) {
+    for (float& lane : a.lane) {
+      uint32_t bits;
+      std::memcpy(&bits, &lane, 4);
+      bits = op(bits);
+      std::memcpy(&lane, &bits, 4);
+    }
+    return a;
   }
 };
 
@@ -406,18 +376,6 @@ struct Isa {
     x = _mm_max_ps(x, _mm_permute_ps(x, 0xb1));  // swap neighbours
     return _mm_cvtss_f32(x);
   }
-  // Transpose-and-add: hadd pairs twice (each 128-bit half now holds 4 partial sums of 4
-  // accumulators), then add the two halves: [s0..s3 | s4..s7].
-  static V SumLanesOf(const V (&acc)[kLanes]) {
-    const __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]);
-    const __m256 t1 = _mm256_hadd_ps(acc[2], acc[3]);
-    const __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]);
-    const __m256 t3 = _mm256_hadd_ps(acc[6], acc[7]);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1);  // halves: partial s0..s3
-    const __m256 u1 = _mm256_hadd_ps(t2, t3);  // halves: partial s4..s7
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                         _mm256_permute2f128_ps(u0, u1, 0x31));
-  }
   static V KeepLanes(V x, int64_t first, int64_t last, float fill) {
     const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
     const __m256 keep =
@@ -428,6 +386,12 @@ struct Isa {
   static V LoadBf16(const uint16_t* p) {  // bf16 is the top half of an f32
     const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
     return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(bits), 16));
+  }
+  static V LowBf16(V words) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_castps_si256(words), 16));
+  }
+  static V HighBf16(V words) {
+    return _mm256_and_ps(words, _mm256_castsi256_ps(_mm256_set1_epi32(~0xffff)));
   }
 };
 
@@ -478,29 +442,6 @@ struct Isa {
     x = _mm512_max_ps(x, _mm512_permute_ps(x, 0xb1));          // lanes 1 0 3 2 in each quarter
     return _mm512_cvtss_f32(x);
   }
-  // Pairwise add inside each quarter: [x0+x1, x2+x3, y0+y1, y2+y3] (AVX's hadd, per quarter).
-  static V HorizontalAdd(V x, V y) {
-    return _mm512_add_ps(_mm512_shuffle_ps(x, y, 0x88), _mm512_shuffle_ps(x, y, 0xdd));
-  }
-  // Transpose-and-add tree, 46 shuffles and adds for 16 sums (16 separate reductions take ~130):
-  //   b_i = [a_i.q0 + a_i.q2, a_i.q1 + a_i.q3, a_{i+8}.q0 + a_{i+8}.q2, a_{i+8}.q1 + a_{i+8}.q3]
-  //   u0 = hadd(hadd(b0, b1), hadd(b2, b3)): quarter k holds the sums of quarter k of b0..b3,
-  //   so u0.q0 + u0.q1 = s0..s3 and u0.q2 + u0.q3 = s8..s11; u1 likewise for s4..s7, s12..s15.
-  static V SumLanesOf(const V (&acc)[kLanes]) {
-    V b[8];
-    // Unrolled, or GCC keeps b[] (and acc[] with it) on the stack: a store and reload per vector.
-#pragma GCC unroll 8
-    for (int i = 0; i < 8; ++i) {
-      b[i] =
-          _mm512_add_ps(_mm512_shuffle_f32x4(acc[i], acc[i + 8], 0x44),   // a.q0 a.q1 a'.q0 a'.q1
-                        _mm512_shuffle_f32x4(acc[i], acc[i + 8], 0xee));  // a.q2 a.q3 a'.q2 a'.q3
-    }
-    const V u0 = HorizontalAdd(HorizontalAdd(b[0], b[1]), HorizontalAdd(b[2], b[3]));
-    const V u1 = HorizontalAdd(HorizontalAdd(b[4], b[5]), HorizontalAdd(b[6], b[7]));
-    const V sums = _mm512_add_ps(_mm512_shuffle_f32x4(u0, u1, 0x88),   // u0.q0 u0.q2 u1.q0 u1.q2
-                                 _mm512_shuffle_f32x4(u0, u1, 0xdd));  // u0.q1 u0.q3 u1.q1 u1.q3
-    return _mm512_shuffle_f32x4(sums, sums, 0xd8);  // [s0..3, s8..11, s4..7, s12..15] -> in order
-  }
   static V KeepLanes(V x, int64_t first, int64_t last, float fill) {
     const uint32_t below_last = (1u << last) - 1;  // last <= 16
     const auto keep = static_cast<__mmask16>(below_last & (0xffffu << first));
@@ -509,6 +450,13 @@ struct Isa {
   static V LoadBf16(const uint16_t* p) {  // bf16 is the top half of an f32
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+  }
+  static V LowBf16(V words) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_castps_si512(words), 16));
+  }
+  static V HighBf16(V words) {
+    return _mm512_castsi512_ps(
+        _mm512_and_si512(_mm512_castps_si512(words), _mm512_set1_epi32(~0xffff)));
   }
 };
 
@@ -643,21 +591,6 @@ void WidenBf16Row(const uint16_t* in, float* out, int64_t dim) {
   for (; d < dim; ++d) out[d] = Bf16ToF32(in[d]);
 }
 
-// k_out[D], v_out[D] = bf16 rows k[D], v[D] widened to f32 (one loop for both halves the loop
-// overhead, which is what the conversion costs next to its one load, shift and store).
-void WidenBf16Rows(const uint16_t* k, const uint16_t* v, float* k_out, float* v_out, int64_t dim) {
-  int64_t d = 0;
-#pragma GCC unroll 2
-  for (; d + Isa::kLanes <= dim; d += Isa::kLanes) {
-    Isa::Store(k_out + d, Isa::LoadBf16(k + d));
-    Isa::Store(v_out + d, Isa::LoadBf16(v + d));
-  }
-  for (; d < dim; ++d) {
-    k_out[d] = Bf16ToF32(k[d]);
-    v_out[d] = Bf16ToF32(v[d]);
-  }
-}
-
 // e^x for x <= 0, after Cephes expf: x = n ln2 + r with |r| <= ln2 / 2, e^r by its degree-6
 // minimax polynomial, 2^n by building the exponent. Relative error ~1e-7. x is clamped at -87
 // (e^-87 ~ 1.6e-38, and 2^n stays a normal number).
@@ -710,40 +643,61 @@ float SoftmaxSpanUpdate(float* s, const int64_t (&first)[kSpanChunks],
   return alpha;
 }
 
-// Scores of one row q[Dp] against the chunk's L keys k[L, Dp] (f32, rows Dp apart): one
-// accumulator per key, summed across lanes by the transpose-and-add tree. With kDimVectors =
-// Dp / L fixed at compile time (0: Dp read from padded_dim) every key's address is the chunk's
-// base plus a constant and the accumulators stay in registers; a table of per-key pointers
-// instead costs a register move per key and spills the accumulators (perf annotate, Zen 4).
-template <int kDimVectors>
-Isa::V ChunkScores(const float* q, const float* k, int64_t padded_dim) {
-  const int64_t stride = kDimVectors > 0 ? kDimVectors * Isa::kLanes : padded_dim;
-  Isa::V acc[Isa::kLanes];
-#pragma GCC unroll 16
-  for (Isa::V& a : acc) a = Isa::Zero();
-#pragma GCC unroll 8
-  for (int64_t d = 0; d < stride; d += Isa::kLanes) {
-    const Isa::V q_part = Isa::Load(q + d);
-#pragma GCC unroll 16
-    for (int i = 0; i < Isa::kLanes; ++i)
-      acc[i] = Isa::MulAdd(q_part, Isa::Load(k + i * stride + d), acc[i]);
+// Scores of N rows q[N, Dp] (rows Dp apart) against L consecutive keys whose K words come as
+// rows of L words, `stride` words apart (dimensions i * P .. of key l at k + i * stride + l), for
+// `words` = D / P rows; the scores of row n go to out + n * out_stride. Two accumulators per row
+// (even and odd dimensions) keep 2 N multiply-add chains in flight.
+template <int N, bool kBf16>
+void KeyScores(const float* q, int64_t padded_dim, const float* k, int64_t stride, int64_t words,
+               float* out, int64_t out_stride) {
+  using V = Isa::V;
+  V even[N], odd[N];
+#pragma GCC unroll 4
+  for (int n = 0; n < N; ++n) even[n] = odd[n] = Isa::Zero();
+  if constexpr (kBf16) {
+#pragma GCC unroll 4
+    for (int64_t i = 0; i < words; ++i) {
+      const V w = Isa::Load(k + i * stride);
+      const V low = Isa::LowBf16(w), high = Isa::HighBf16(w);  // dimensions 2i and 2i + 1
+#pragma GCC unroll 4
+      for (int n = 0; n < N; ++n) {
+        even[n] = Isa::MulAdd(Isa::Set1(q[n * padded_dim + 2 * i]), low, even[n]);
+        odd[n] = Isa::MulAdd(Isa::Set1(q[n * padded_dim + 2 * i + 1]), high, odd[n]);
+      }
+    }
+  } else {
+    int64_t i = 0;
+#pragma GCC unroll 2
+    for (; i + 2 <= words; i += 2) {
+      const V w0 = Isa::Load(k + i * stride), w1 = Isa::Load(k + (i + 1) * stride);
+#pragma GCC unroll 4
+      for (int n = 0; n < N; ++n) {
+        even[n] = Isa::MulAdd(Isa::Set1(q[n * padded_dim + i]), w0, even[n]);
+        odd[n] = Isa::MulAdd(Isa::Set1(q[n * padded_dim + i + 1]), w1, odd[n]);
+      }
+    }
+    if (i < words) {
+      const V w = Isa::Load(k + i * stride);
+#pragma GCC unroll 4
+      for (int n = 0; n < N; ++n) even[n] = Isa::MulAdd(Isa::Set1(q[n * padded_dim + i]), w, even[n]);
+    }
   }
-  return Isa::SumLanesOf(acc);
+#pragma GCC unroll 4
+  for (int n = 0; n < N; ++n) Isa::Store(out + n * out_stride, Isa::Add(even[n], odd[n]));
 }
 
-using ChunkScoresFn = Isa::V (*)(const float*, const float*, int64_t);
-
-// ChunkScores for this padded_dim: D = 64 and 128 get their own instance.
-ChunkScoresFn ChunkScoresFor(int64_t padded_dim) {
-  switch (padded_dim / Isa::kLanes) {
-    case 4:
-      return ChunkScores<4>;
-    case 8:
-      return ChunkScores<8>;
-    case 16:
-      return ChunkScores<16>;
-    default:
-      return ChunkScores<0>;
+// KeyScores for `rows` rows, four at a time.
+template <bool kBf16>
+void AllKeyScores(const float* q, int64_t rows, int64_t padded_dim, const float* k, int64_t stride,
+                  int64_t words, float* out, int64_t out_stride) {
+  int64_t n = 0;
+  for (; n + 4 <= rows; n += 4) {
+    KeyScores<4, kBf16>(q + n * padded_dim, padded_dim, k, stride, words, out + n * out_stride,
+                        out_stride);
+  }
+  for (; n < rows; ++n) {
+    KeyScores<1, kBf16>(q + n * padded_dim, padded_dim, k, stride, words, out + n * out_stride,
+                        out_stride);
   }
 }
 
@@ -819,71 +773,105 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
   std::fill(o_rows, o_rows + rows * padded_dim, 0.0f);
   std::fill(row_max, row_max + rows, -kInf);
   std::fill(row_sum, row_sum + rows * kLanes, 0.0f);
-  std::fill(k_chunk, k_chunk + kLanes * padded_dim, 0.0f);
   std::fill(v_span, v_span + kSpanKeys * padded_dim, 0.0f);
   std::fill(zero_row, zero_row + padded_dim, 0.0f);
 
-  // f32 values with D % L == 0 are read in place; keys are always copied (or widened) into
-  // k_chunk, so that ChunkScores finds them at a fixed stride.
+  const bool bf16 = kv.dtype == DType::kBF16;
+  const int64_t head_words = dim * DTypeSize(kv.dtype) / 4;  // D / P
+  // With B a multiple of L, every chunk (L-aligned) lies in one block and KeyScores reads its K
+  // words in place; otherwise they are gathered into k_chunk.
+  const bool chunks_in_place = kv.block_tokens % kLanes == 0;
+  // f32 values with D % L == 0 are read in place.
   const bool values_in_place = kv.dtype == DType::kF32 && dim % kLanes == 0;
-  const ChunkScoresFn chunk_scores = ChunkScoresFor(padded_dim);
   // A decode tile (one query) reads bf16 values straight from the pool in step 3, where each
   // value vector serves all G rows, instead of widening them into v_span first.
-  const bool bf16_values = kv.dtype == DType::kBF16 && dim % kLanes == 0 && t_end - t_begin == 1;
+  const bool bf16_values = bf16 && dim % kLanes == 0 && t_end - t_begin == 1;
   const int64_t key_begin = FirstVisibleKey(job.q_start + t_begin, job.window);
   const int64_t key_end = job.q_start + t_end;
-  PrefetchingKeyWalk keys(kv, kv_head, key_begin, key_end);
-  const int64_t value_offset = keys.value_offset();
+  const int64_t walk_begin = key_begin / kLanes * kLanes;  // chunks start at multiples of L
   const float* v_rows[kSpanKeys];          // [S] -> [Dp] f32 values of the span
   const uint16_t* v_rows_bf16[kSpanKeys];  // [S] -> [D] bf16 values, if bf16_values
   const auto* zero_row_bf16 = reinterpret_cast<const uint16_t*>(zero_row);
+  int64_t prefetched = walk_begin;  // positions before this one have been prefetched
+  auto prefetch_until = [&](int64_t end) {
+    if (!chunks_in_place) return;
+    for (end = std::min(end, key_end); prefetched < end; prefetched += kLanes)
+      PrefetchRun(kv, kv_head, prefetched, std::min<int64_t>(kLanes, key_end - prefetched));
+  };
+  prefetch_until(walk_begin + kPrefetchKeys);
 
-  for (int64_t span = key_begin; span < key_end; span += kSpanKeys) {
+  for (int64_t span = walk_begin; span < key_end; span += kSpanKeys) {
     const int64_t span_len = std::min<int64_t>(kSpanKeys, key_end - span);
-    // 1. Scores s_i = q.k_i / sqrt(D) of every row for the span's keys, chunk by chunk: one
-    //    accumulator per key, summed across lanes at the end. A chunk a query sees no key of is
-    //    skipped for its rows; the keys it does not see in the others get a score, which step 2
-    //    masks.
+    // 1. Scores s_i = q.k_i / sqrt(D) of every row for the span's keys, chunk by chunk, the keys
+    //    in the lanes. Rows whose query sees no key of a chunk are skipped; the keys a row does
+    //    not see in the others get a score, which step 2 masks.
     for (int64_t c = 0; c < kSpanKeys; c += kLanes) {
-      const int64_t chunk_len = std::clamp<int64_t>(span_len - c, 0, kLanes);
+      const int64_t chunk = span + c;
+      // Keys [valid_begin, valid_end) of the chunk are listed and written; the others are read
+      // by no row, and their values are zero rows (their p is 0, and 0 * NaN would not be).
+      const int64_t valid_begin = std::clamp<int64_t>(key_begin - chunk, 0, kLanes);
+      const int64_t valid_end = std::clamp<int64_t>(key_end - chunk, 0, kLanes);
       for (int64_t i = 0; i < kLanes; ++i) {
-        float* k_dst = k_chunk + i * padded_dim;
-        if (i >= chunk_len) {  // past the span's end: a zero key (its score is masked anyway)
-          std::fill(k_dst, k_dst + dim, 0.0f);
-          v_rows[c + i] = zero_row;
-          v_rows_bf16[c + i] = zero_row_bf16;
-          continue;
+        v_rows[c + i] = zero_row;
+        v_rows_bf16[c + i] = zero_row_bf16;
+      }
+      if (valid_begin >= valid_end) continue;
+
+      const float* k_words = k_chunk;
+      int64_t k_stride = kLanes;
+      BlockRun run{};
+      if (chunks_in_place) {
+        prefetch_until(chunk + kLanes + kPrefetchKeys);
+        run = LocateRun(kv, kv_head, chunk);
+        k_words = reinterpret_cast<const float*>(run.k);
+        k_stride = kv.block_tokens;
+      } else {
+        for (int64_t i = 0; i < kLanes; ++i) {
+          const bool valid = i >= valid_begin && i < valid_end;
+          const std::byte* key = valid ? kv.key_element(chunk + i, kv_head, 0) : nullptr;
+          for (int64_t w = 0; w < head_words; ++w) {
+            float& word = k_chunk[w * kLanes + i];
+            if (valid) {
+              std::memcpy(&word, key + w * kv.block_tokens * 4, 4);
+            } else {
+              word = 0.0f;
+            }
+          }
         }
-        const std::byte* key = keys.Next();
-        const std::byte* value = key + value_offset;
+      }
+      for (int64_t i = valid_begin; i < valid_end; ++i) {
+        const std::byte* value =
+            chunks_in_place ? run.v + i * run.v_stride : kv.value(chunk + i, kv_head);
         float* v_dst = v_span + (c + i) * padded_dim;
         v_rows[c + i] = v_dst;
-        if (kv.dtype == DType::kF32) {
-          std::memcpy(k_dst, key, static_cast<size_t>(dim * 4));
+        if (!bf16) {
           if (values_in_place) {
             v_rows[c + i] = reinterpret_cast<const float*>(value);
           } else {
             std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
           }
         } else if (bf16_values) {
-          WidenBf16Row(reinterpret_cast<const uint16_t*>(key), k_dst, dim);
           v_rows_bf16[c + i] = reinterpret_cast<const uint16_t*>(value);
         } else {
-          WidenBf16Rows(reinterpret_cast<const uint16_t*>(key),
-                        reinterpret_cast<const uint16_t*>(value), k_dst, v_dst, dim);
+          WidenBf16Row(reinterpret_cast<const uint16_t*>(value), v_dst, dim);
         }
       }
-      if (chunk_len == 0) continue;
-      for (int64_t t = t_begin; t < t_end; ++t) {
-        const int64_t position = job.q_start + t;
-        const int64_t chunk = span + c;
-        if (FirstVisibleKey(position, job.window) >= chunk + chunk_len || position < chunk)
-          continue;  // no key of the chunk is visible to this query
-        for (int64_t g = 0; g < group; ++g) {
-          const int64_t r = (t - t_begin) * group + g;
-          Isa::Store(scores + r * kSpanKeys + c,
-                     chunk_scores(q_rows + r * padded_dim, k_chunk, padded_dim));
-        }
+
+      // Queries seeing some key of the chunk: positions in [chunk, chunk + L + W - 1) (no upper
+      // bound for full attention), a run of consecutive t.
+      const int64_t t_lo = std::max(t_begin, chunk - job.q_start);
+      const int64_t t_hi = job.window > 0 ? std::min(t_end, chunk + kLanes + job.window - 1 -
+                                                                job.q_start)
+                                          : t_end;
+      if (t_lo >= t_hi) continue;
+      const int64_t r_lo = (t_lo - t_begin) * group;
+      const int64_t r_count = (t_hi - t_lo) * group;
+      if (bf16) {
+        AllKeyScores<true>(q_rows + r_lo * padded_dim, r_count, padded_dim, k_words, k_stride,
+                           head_words, scores + r_lo * kSpanKeys + c, kSpanKeys);
+      } else {
+        AllKeyScores<false>(q_rows + r_lo * padded_dim, r_count, padded_dim, k_words, k_stride,
+                            head_words, scores + r_lo * kSpanKeys + c, kSpanKeys);
       }
     }
 
