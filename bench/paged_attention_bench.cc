@@ -3,7 +3,9 @@
 //
 // Legend: NH = query heads, KVH = KV heads, D = head dim, B = block tokens, C = context (cached
 // positions per sequence), W = window (0 = full attention).
-// Shape: a batch of 4 decodes (Q = 1 at position C - 1), NH = 8, KVH = 2, D = 64, B = 16, bf16 KV.
+// Shape: a batch of 4 decodes (Q = 1 at position C - 1), NH = 8, KVH = 2, D = 64, bf16 KV, blocks of
+// B = 16 or 64 tokens (8 or 32 KiB; a KV head's part of a block, which the kernel reads as one run,
+// is half of that).
 // K/V bytes a call must read: 4 sequences * min(C, W or C) keys * KVH * D * 2 (K and V) * 2 bytes
 //   = 4 * 512 B per key: 8 MiB at C = 4K, 128 MiB at C = 64K, 1 MiB for W = 512 at any C.
 // Cold cache: each call uses the next of enough independent batches (>= kColdBytes of K/V in all)
@@ -36,21 +38,20 @@ constexpr int64_t kBatch = 4;
 constexpr int64_t kQueryHeads = 8;                                                    // NH
 constexpr int64_t kKvHeads = 2;                                                       // KVH
 constexpr int64_t kHeadDim = 64;                                                      // D
-constexpr int64_t kBlockTokens = 16;                                                  // B
 constexpr int64_t kElemBytes = 2;                                                     // bf16
-constexpr int64_t kBlockBytes = 2 * kBlockTokens * kKvHeads * kHeadDim * kElemBytes;  // 8 KiB
 constexpr int64_t kKeyBytes = 2 * kKvHeads * kHeadDim * kElemBytes;  // K and V of one position
 constexpr int64_t kColdBytes = int64_t{256} << 20;  // > 8x the 32 MiB L3 of this machine
 
 // Batches of decode jobs over one shared pool, rotated through call after call.
 class DecodeBatches {
  public:
-  DecodeBatches(int64_t context, int64_t window, bool cold, bool huge_pages)
+  DecodeBatches(int64_t context, int64_t window, bool cold, bool huge_pages, int64_t block_tokens)
       : keys_per_sequence_(window > 0 ? std::min(context, window) : context) {
+    const int64_t block_bytes = 2 * block_tokens * kKvHeads * kHeadDim * kElemBytes;
     const int64_t position = context - 1;  // the query's position
     const int64_t first_key = window > 0 ? std::max<int64_t>(0, position - window + 1) : 0;
-    const int64_t first_block = first_key / kBlockTokens;
-    const int64_t blocks_per_sequence = position / kBlockTokens + 1 - first_block;
+    const int64_t first_block = first_key / block_tokens;
+    const int64_t blocks_per_sequence = position / block_tokens + 1 - first_block;
     rotation_ = cold ? std::max<int64_t>(1, kColdBytes / bytes_per_call()) : 1;
     const int64_t sequences = rotation_ * kBatch;
     const int64_t pool_blocks = sequences * blocks_per_sequence;
@@ -63,7 +64,7 @@ class DecodeBatches {
       std::swap(block_ids_[i - 1], block_ids_[rng.Below(i)]);
 
     // Allocated as the engine's KV pool is (kv/block_pool.cc), with or without huge pages.
-    pool_ = Arena(static_cast<size_t>(pool_blocks * kBlockBytes), 64, huge_pages);
+    pool_ = Arena(static_cast<size_t>(pool_blocks * block_bytes), 64, huge_pages);
     auto* elems = reinterpret_cast<uint16_t*>(pool_.data());
     const auto num_elems = static_cast<int64_t>(pool_.size()) / kElemBytes;
     uint32_t state = 1;
@@ -86,8 +87,8 @@ class DecodeBatches {
       job.window = window;
       PagedKvView& kv = job.kv;
       kv.pool_base = pool_.data();
-      kv.block_bytes = kBlockBytes;
-      kv.block_tokens = kBlockTokens;
+      kv.block_bytes = block_bytes;
+      kv.block_tokens = block_tokens;
       kv.kv_heads = kKvHeads;
       kv.head_dim = kHeadDim;
       kv.dtype = DType::kBF16;
@@ -121,9 +122,10 @@ class DecodeBatches {
 
 // Arguments: context C, window W (0 = full), cold (1: K/V come from DRAM; 0: the same batch every
 // call, so K/V that fit stay in cache and the kernel's compute speed shows), huge (1: the pool on
-// transparent huge pages, as the engine allocates it; 0: on 4 KiB pages, for comparison).
+// transparent huge pages, as the engine allocates it; 0: on 4 KiB pages, for comparison), block B.
 void BM_PagedAttentionDecode(benchmark::State& state) {
-  DecodeBatches batches(state.range(0), state.range(1), state.range(2) != 0, state.range(3) != 0);
+  DecodeBatches batches(state.range(0), state.range(1), state.range(2) != 0, state.range(3) != 0,
+                        state.range(4));
   for (auto _ : state) {
     PagedAttention(batches.Next(), kQueryHeads);
     benchmark::ClobberMemory();
@@ -135,8 +137,8 @@ void BM_PagedAttentionDecode(benchmark::State& state) {
                                                benchmark::Counter::kIsIterationInvariantRate);
 }
 BENCHMARK(BM_PagedAttentionDecode)
-    ->ArgNames({"context", "window", "cold", "huge"})
-    ->ArgsProduct({{4096, 32768, 65536}, {0, 512}, {1, 0}, {1, 0}})
+    ->ArgNames({"context", "window", "cold", "huge", "block"})
+    ->ArgsProduct({{4096, 32768, 65536}, {0, 512}, {1, 0}, {1, 0}, {16, 32, 64, 128}})
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 

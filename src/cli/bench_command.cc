@@ -24,6 +24,7 @@
 #include "core/error.h"
 #include "core/random.h"
 #include "core/units.h"
+#include "engine/engine.h"
 #include "engine/model_runner.h"
 #include "model/model_dir.h"
 #include "model/presets.h"
@@ -44,7 +45,7 @@ struct BenchOptions {
   std::string kv_budget;  // if set: each preset runs at the largest batch the budget admits
   int64_t decode_steps = 8;
   int64_t prefill_tokens = 1024;
-  int64_t block_tokens = 16;
+  int64_t block_tokens = kDefaultBlockTokens;
   int64_t chunk = 256;
   int repeats = 3;
   std::string weights_dtype = "bf16";
