@@ -74,26 +74,41 @@ double Seconds(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double>(b - a).count();
 }
 
-// DRAM read bandwidth: the best of a few passes summing a 1 GiB buffer, far larger than the
-// caches. 64-bit integer adds are associative, so the compiler vectorises the reduction and the
-// loop is bound by memory, not by an add's latency.
-double MeasureReadBandwidth() {
-  const size_t count = size_t{1} << 27;  // 1 GiB of uint64
-  std::vector<uint64_t> buffer(count);
-  for (size_t i = 0; i < count; ++i) buffer[i] = i;
-  double best = 0;
-  uint64_t checksum = 0;
-  for (int pass = 0; pass < 3; ++pass) {
+// DRAM read bandwidth: passes summing a 1 GiB buffer, far larger than the caches. 64-bit integer
+// adds are associative, so the compiler vectorises the reduction and the loop is bound by memory,
+// not by an add's latency. On a shared machine the bandwidth drifts by tens of percent within a
+// minute, so the bench runs one pass right before each decode timing and judges each timing
+// against its own pass (see Measurement::dram_fraction).
+class ReadBandwidthProbe {
+ public:
+  ReadBandwidthProbe() : buffer_(kCount) {
+    for (size_t i = 0; i < kCount; ++i) buffer_[i] = i;
+  }
+  // One pass; returns its bandwidth in bytes/s.
+  double Pass() {
     const auto start = Clock::now();
     uint64_t sum = 0;
 #pragma omp parallel for reduction(+ : sum) schedule(static)
-    for (size_t i = 0; i < count; ++i) sum += buffer[i];
+    for (size_t i = 0; i < kCount; ++i) sum += buffer_[i];
     const double seconds = Seconds(start, Clock::now());
-    checksum += sum;
-    best = std::max(best, static_cast<double>(count * sizeof(uint64_t)) / seconds);
+    MIXATTN_CHECK(sum == kCount * (kCount - 1) / 2);  // the reads happened
+    const double bandwidth = static_cast<double>(kCount * sizeof(uint64_t)) / seconds;
+    all_.push_back(bandwidth);
+    return bandwidth;
   }
-  MIXATTN_CHECK(checksum == 3 * (count * (count - 1) / 2));  // the reads happened
-  return best;
+  const std::vector<double>& all() const { return all_; }
+
+ private:
+  static constexpr size_t kCount = size_t{1} << 27;  // 1 GiB of uint64
+  std::vector<uint64_t> buffer_;
+  std::vector<double> all_;  // every pass so far, bytes/s
+};
+
+double Median(std::vector<double> values) {
+  MIXATTN_CHECK(!values.empty());
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
 struct Measurement {
@@ -106,6 +121,10 @@ struct Measurement {
   int64_t decode_bytes_per_step = 0;  // weights + the KV each layer reads
   int64_t weight_bytes = 0;
   double decode_bandwidth = 0;  // bytes per step / time per step
+  // Each timing r of `repeats` follows a DRAM pass d_r: dram_fraction is the median over r of
+  // (bytes per step / step time_r) / d_r, and dram_bandwidth the median d_r.
+  double dram_fraction = 0;
+  double dram_bandwidth = 0;
 };
 
 class PresetBench {
@@ -145,7 +164,7 @@ class PresetBench {
   }
 
   // Time per decode step for `batch` sequences at `context` tokens (synthetic cache contents).
-  Measurement Decode(int64_t context, int64_t batch) {
+  Measurement Decode(int64_t context, int64_t batch, ReadBandwidthProbe& probe) {
     const ModelConfig& config = runner_.config();
     const KvPlan& plan = runner_.plan();
     const int64_t final_length = context + options_.decode_steps * options_.repeats + 1;
@@ -183,7 +202,9 @@ class PresetBench {
     std::vector<int> next_tokens(static_cast<size_t>(batch), 1);
     std::vector<BatchItem> items(static_cast<size_t>(batch));
     double best = INFINITY;
+    std::vector<double> fractions, dram;
     for (int r = 0; r < options_.repeats; ++r) {
+      dram.push_back(probe.Pass());
       const auto start = Clock::now();
       for (int64_t step = 0; step < options_.decode_steps; ++step) {
         for (int64_t b = 0; b < batch; ++b) {
@@ -196,9 +217,13 @@ class PresetBench {
         }
         runner_.Forward(items, cache);
       }
-      best =
-          std::min(best, Seconds(start, Clock::now()) / static_cast<double>(options_.decode_steps));
+      const double step_s =
+          Seconds(start, Clock::now()) / static_cast<double>(options_.decode_steps);
+      best = std::min(best, step_s);
+      fractions.push_back(static_cast<double>(m.decode_bytes_per_step) / step_s / dram.back());
     }
+    m.dram_fraction = Median(fractions);
+    m.dram_bandwidth = Median(dram);
     m.decode_step_s = best;
     m.decode_tokens_per_s = static_cast<double>(batch) / best;
     m.decode_bandwidth = static_cast<double>(m.decode_bytes_per_step) / best;
@@ -282,7 +307,7 @@ std::vector<plot::LineChart> BenchCharts(const std::vector<Measurement>& results
   return {speed, memory, traffic};
 }
 
-Json MeasurementJson(const Measurement& m, double dram_bandwidth) {
+Json MeasurementJson(const Measurement& m) {
   return Json{{"preset", m.preset},
               {"context", m.context},
               {"batch", m.batch},
@@ -293,8 +318,9 @@ Json MeasurementJson(const Measurement& m, double dram_bandwidth) {
               {"decode_bytes_per_step", m.decode_bytes_per_step},
               {"weight_bytes", m.weight_bytes},
               {"decode_bandwidth_bytes_per_s", m.decode_bandwidth},
-              {"dram_bandwidth_fraction", m.decode_bandwidth / dram_bandwidth},
-              {"bandwidth_bound_tokens_per_s", static_cast<double>(m.batch) * dram_bandwidth /
+              {"dram_read_bytes_per_s", m.dram_bandwidth},
+              {"dram_bandwidth_fraction", m.dram_fraction},
+              {"bandwidth_bound_tokens_per_s", static_cast<double>(m.batch) * m.dram_bandwidth /
                                                    static_cast<double>(m.decode_bytes_per_step)},
               {"decode_kv", "synthetic"}};
 }
@@ -314,8 +340,9 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
   if (!options.plot_path.empty()) CheckPlotPath(options.plot_path);
 
   std::fprintf(stderr, "measuring DRAM read bandwidth... ");
-  const double dram = MeasureReadBandwidth();
-  std::fprintf(stderr, "%.1f GB/s\n", dram / 1e9);
+  ReadBandwidthProbe probe;
+  probe.Pass();
+  std::fprintf(stderr, "%.1f GB/s\n", probe.Pass() / 1e9);
 
   std::vector<std::unique_ptr<PresetBench>> benches;
   std::vector<std::unique_ptr<ModelWeights>> weights_store;
@@ -365,42 +392,51 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
         }
         std::fprintf(stderr, "decode %s: context %lld, batch %lld... ", bench->name().c_str(),
                      static_cast<long long>(context), static_cast<long long>(batch));
-        Measurement m = bench->Decode(context, batch);
+        Measurement m = bench->Decode(context, batch, probe);
         m.prefill_tokens_per_s = prefill[bench->name()];
-        std::fprintf(stderr, "%.1f tokens/s\n", m.decode_tokens_per_s);
+        std::fprintf(stderr, "%.1f tokens/s, %.0f%% of DRAM read (%.1f GB/s)\n",
+                     m.decode_tokens_per_s, 100 * m.dram_fraction, m.dram_bandwidth / 1e9);
         results.push_back(m);
       }
     }
   }
 
   // Table, with ratios against the first preset at the same context and batch index.
+  const std::vector<double>& passes = probe.all();
   std::printf(
       "\nDecode over synthetic KV caches (blocks allocated as after a real prefill); DRAM read "
-      "%.1f GB/s; "
-      "weights %s, KV %s\n\n",
-      dram / 1e9, options.weights_dtype.c_str(), options.kv_dtype.c_str());
-  std::printf("%-22s %7s %6s %10s %12s %12s %14s %9s %12s %8s\n", "preset", "context", "batch",
-              "KV alloc", "prefill t/s", "decode t/s", "bytes/step", "GB/s", "DRAM bound",
-              "vs first");
+      "%.1f-%.1f GB/s over %zu passes (median %.1f); weights %s, KV %s, blocks of %lld tokens\n\n",
+      *std::min_element(passes.begin(), passes.end()) / 1e9,
+      *std::max_element(passes.begin(), passes.end()) / 1e9, passes.size(), Median(passes) / 1e9,
+      options.weights_dtype.c_str(), options.kv_dtype.c_str(),
+      static_cast<long long>(options.block_tokens));
+  std::printf("%-22s %7s %6s %10s %12s %12s %14s %9s %6s %12s %8s\n", "preset", "context",
+              "batch", "KV alloc", "prefill t/s", "decode t/s", "bytes/step", "GB/s", "DRAM",
+              "DRAM bound", "vs first");
   // Results come in groups of one measurement per preset (same context, same batch or budget).
   const size_t group = benches.size();
   for (size_t i = 0; i < results.size(); ++i) {
     const Measurement& m = results[i];
     const Measurement& first = results[i - i % group];
-    std::printf("%-22s %7lld %6lld %10s %12.0f %12.1f %14s %9.1f %12.1f %7.2fx\n", m.preset.c_str(),
-                static_cast<long long>(m.context), static_cast<long long>(m.batch),
-                FormatBytes(m.kv_bytes).c_str(), m.prefill_tokens_per_s, m.decode_tokens_per_s,
+    std::printf("%-22s %7lld %6lld %10s %12.0f %12.1f %14s %9.1f %5.0f%% %12.1f %7.2fx\n",
+                m.preset.c_str(), static_cast<long long>(m.context),
+                static_cast<long long>(m.batch), FormatBytes(m.kv_bytes).c_str(),
+                m.prefill_tokens_per_s, m.decode_tokens_per_s,
                 FormatBytes(m.decode_bytes_per_step).c_str(), m.decode_bandwidth / 1e9,
-                static_cast<double>(m.batch) * dram / static_cast<double>(m.decode_bytes_per_step),
+                100 * m.dram_fraction,
+                static_cast<double>(m.batch) * m.dram_bandwidth /
+                    static_cast<double>(m.decode_bytes_per_step),
                 m.decode_tokens_per_s / first.decode_tokens_per_s);
   }
   std::printf(
-      "\nDRAM bound = tokens/s if every decode step moved its bytes at the measured DRAM read "
-      "bandwidth.\n");
+      "\nGB/s = bytes a decode step must move / its best time. DRAM = median over the timings "
+      "of that rate as a share\nof the DRAM read bandwidth measured just before each; DRAM bound "
+      "= tokens/s if every decode step moved\nits bytes at the median of those DRAM "
+      "measurements.\n");
 
   if (!options.json_path.empty()) {
     Json out = Json::array();
-    for (const Measurement& m : results) out.push_back(MeasurementJson(m, dram));
+    for (const Measurement& m : results) out.push_back(MeasurementJson(m));
     std::ofstream file(options.json_path);
     file << out.dump(2) << "\n";
     if (!file) Fail(options.json_path, ": cannot write");

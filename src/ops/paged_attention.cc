@@ -205,10 +205,8 @@ void PrefetchRun(const PagedKvView& kv, int64_t kv_head, int64_t position, int64
     const std::byte* row = run.k + i * k_row_stride;
     for (int64_t offset = 0; offset < count * 4; offset += 64) PrefetchLine(row + offset);
   }
-  for (int64_t j = 0; j < count; ++j) {
-    for (int64_t offset = 0; offset < row_bytes; offset += 64)
-      PrefetchLine(run.v + j * run.v_stride + offset);
-  }
+  // A head's V rows are consecutive in its part of the block (v_stride == row_bytes).
+  for (int64_t offset = 0; offset < count * row_bytes; offset += 64) PrefetchLine(run.v + offset);
 }
 
 int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }

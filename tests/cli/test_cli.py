@@ -129,6 +129,32 @@ def main():
         check(r.returncode != 0 and r.returncode < 128, f"{' '.join(argv)}: non-zero exit without a crash ({r.returncode})")
         check(expected_text in r.stderr, f"{' '.join(argv)}: stderr mentions {expected_text!r}; got {r.stderr.strip()!r}")
 
+    # --- bench --json on a tiny model: one object per preset x context x batch, with the fields
+    # the issue names and a DRAM fraction judged against a measured DRAM pass
+    bench_json = os.path.join(args.workdir, "bench.json")
+    r = run(m, "bench", "--compare", "standard,ma-pairs", "--layers", "8", "--hidden", "64", "--heads", "4",
+            "--kv-heads", "2", "--head-dim", "16", "--ffn", "128", "--vocab", "256", "--window", "32",
+            "--context", "100,300", "--batch", "1,2", "--repeats", "2", "--decode-steps", "2",
+            "--prefill-tokens", "64", "--block-size", "16", "--json", bench_json)
+    check(r.returncode == 0, f"bench exits 0 (stderr: {r.stderr[-400:]})")
+    rows = json.load(open(bench_json)) if r.returncode == 0 else []
+    check([(b["preset"], b["context"], b["batch"]) for b in rows] ==
+          [(p, c, b) for c in (100, 300) for b in (1, 2) for p in ("standard", "ma-pairs")],
+          "bench --json: presets interleaved at each context and batch")
+    for b in rows:
+        for field in ["kv_bytes", "prefill_tokens_per_s", "decode_tokens_per_s", "decode_bytes_per_step",
+                      "dram_read_bytes_per_s", "dram_bandwidth_fraction"]:
+            check(field in b and b[field] > 0, f"bench {b['preset']} {b['context']}x{b['batch']}: {field} > 0")
+    # Full attention reads all 300 keys per layer; ma-pairs' sliding layers read at most 32.
+    by_point = {(b["preset"], b["context"], b["batch"]): b for b in rows}
+    if by_point:
+        check(by_point[("ma-pairs", 300, 2)]["kv_bytes"] < by_point[("standard", 300, 2)]["kv_bytes"],
+              "bench: ma-pairs allocates less KV than standard at 300 tokens")
+    check("blocks of 16 tokens" in r.stdout and "% of DRAM read" in r.stderr,
+          "bench table names the block size; progress shows the DRAM fraction")
+    r = run(m, "bench", "--preset", "standard", "--context", "0")
+    check(r.returncode != 0 and "--context values must be >= 1" in r.stderr, "bench rejects --context 0")
+
     # --- help explains
     r = run(m, "plan", "--help")
     check(r.returncode == 0 and "--budget" in r.stdout and "ma-pairs" in r.stdout, "plan --help lists flags and presets")
