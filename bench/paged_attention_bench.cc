@@ -3,10 +3,10 @@
 //
 // Legend: NH = query heads, KVH = KV heads, D = head dim, B = block tokens, C = context (cached
 // positions per sequence), W = window (0 = full attention).
-// Shape: a batch of 4 decodes (Q = 1 at position C - 1), NH = 8, KVH = 2, D = 64, bf16 KV, blocks of
-// B = 16 or 64 tokens (8 or 32 KiB; a KV head's part of a block, which the kernel reads as one run,
-// is half of that).
-// K/V bytes a call must read: 4 sequences * min(C, W or C) keys * KVH * D * 2 (K and V) * 2 bytes
+// Shape: a batch of 4 decodes (Q = 1 at position C - 1), NH = 8, KVH = 2, D = 64, bf16 KV, blocks
+// of B = 16 or 64 tokens (8 or 32 KiB; a KV head's part of a block, which the kernel reads as one
+// run, is half of that). K/V bytes a call must read: 4 sequences * min(C, W or C) keys * KVH * D *
+// 2 (K and V) * 2 bytes
 //   = 4 * 512 B per key: 8 MiB at C = 4K, 128 MiB at C = 64K, 1 MiB for W = 512 at any C.
 // Cold cache: each call uses the next of enough independent batches (>= kColdBytes of K/V in all)
 // that nothing is left in L3 from the previous use, as in a real model where every other layer's
@@ -35,10 +35,10 @@ namespace mixattn::ops {
 namespace {
 
 constexpr int64_t kBatch = 4;
-constexpr int64_t kQueryHeads = 8;                                                    // NH
-constexpr int64_t kKvHeads = 2;                                                       // KVH
-constexpr int64_t kHeadDim = 64;                                                      // D
-constexpr int64_t kElemBytes = 2;                                                     // bf16
+constexpr int64_t kQueryHeads = 8;                                   // NH
+constexpr int64_t kKvHeads = 2;                                      // KVH
+constexpr int64_t kHeadDim = 64;                                     // D
+constexpr int64_t kElemBytes = 2;                                    // bf16
 constexpr int64_t kKeyBytes = 2 * kKvHeads * kHeadDim * kElemBytes;  // K and V of one position
 constexpr int64_t kColdBytes = int64_t{256} << 20;  // > 8x the 32 MiB L3 of this machine
 

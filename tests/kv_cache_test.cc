@@ -142,8 +142,9 @@ TEST(KvBlockPoolTest, RejectsBadSizesWithAMessage) {
   EXPECT_NE(ErrorMessage([] { KvBlockPool(4, 0, 2, 8, DType::kF32); }).find("block_tokens"),
             std::string::npos);
   // K is stored in 32-bit words: an odd head_dim fits f32 but not bf16.
-  EXPECT_NE(ErrorMessage([] { KvBlockPool(4, 4, 2, 7, DType::kBF16); })
-                .find("head_dim must be even for a BF16 cache (got 7)"),
+  EXPECT_NE(ErrorMessage([] {
+              KvBlockPool(4, 4, 2, 7, DType::kBF16);
+            }).find("head_dim must be even for a BF16 cache (got 7)"),
             std::string::npos);
   EXPECT_EQ(KvBlockPool(4, 4, 2, 7, DType::kF32).block_bytes(), 2 * 4 * 2 * 7 * 4);
 }

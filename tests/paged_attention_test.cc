@@ -473,7 +473,8 @@ TEST(PagedAttentionTest, ViewAddressesTheDocumentedKeyLayout) {
     shape.block_tokens = 5;
     const int64_t tokens = 12, KVH = shape.kv_heads, D = shape.head_dim;
     const SequenceData seq = MakeSequence(shape, tokens, 41);
-    std::vector<std::byte> memory(static_cast<size_t>(shape.BlocksFor(tokens) * shape.block_bytes()));
+    std::vector<std::byte> memory(
+        static_cast<size_t>(shape.BlocksFor(tokens) * shape.block_bytes()));
     TestPool pool(shape, shape.BlocksFor(tokens), memory.data(), 43);
     std::vector<PreparedJob> prepared = Prepare(shape, {{&seq, 0, tokens, false}}, pool);
     const PagedKvView view = MakeJob(shape, pool, prepared[0]).kv;

@@ -410,9 +410,9 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
       *std::max_element(passes.begin(), passes.end()) / 1e9, passes.size(), Median(passes) / 1e9,
       options.weights_dtype.c_str(), options.kv_dtype.c_str(),
       static_cast<long long>(options.block_tokens));
-  std::printf("%-22s %7s %6s %10s %12s %12s %14s %9s %6s %12s %8s\n", "preset", "context",
-              "batch", "KV alloc", "prefill t/s", "decode t/s", "bytes/step", "GB/s", "DRAM",
-              "DRAM bound", "vs first");
+  std::printf("%-22s %7s %6s %10s %12s %12s %14s %9s %6s %12s %8s\n", "preset", "context", "batch",
+              "KV alloc", "prefill t/s", "decode t/s", "bytes/step", "GB/s", "DRAM", "DRAM bound",
+              "vs first");
   // Results come in groups of one measurement per preset (same context, same batch or budget).
   const size_t group = benches.size();
   for (size_t i = 0; i < results.size(); ++i) {

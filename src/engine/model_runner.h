@@ -77,8 +77,8 @@ class ModelRunner {
   std::vector<float> x_, normed_, q_, k_, v_, attention_, projected_, gate_, up_;  // [R, ...]
   std::vector<ops::AttentionJob> jobs_;                                            // [items]
   std::vector<std::byte> kv_vector_;  // one position's K or V [KVH, D] in the cache's dtype
-  std::vector<float> final_rows_;  // [rows wanted, H]
-  std::vector<float> logits_;      // [rows wanted, V]
+  std::vector<float> final_rows_;     // [rows wanted, H]
+  std::vector<float> logits_;         // [rows wanted, V]
 };
 
 }  // namespace mixattn

@@ -28,8 +28,8 @@ KvBlockPool::KvBlockPool(int64_t num_blocks, int64_t block_tokens, int64_t kv_he
          ", ", kv_heads, ", ", head_dim, ")");
   }
   if (head_dim * DTypeSize(dtype) % 4 != 0) {  // K is stored in 32-bit words (ops/paged_kv.h)
-    Fail("KV block pool: head_dim must be even for a ", DTypeName(dtype), " cache (got ",
-         head_dim, ")");
+    Fail("KV block pool: head_dim must be even for a ", DTypeName(dtype), " cache (got ", head_dim,
+         ")");
   }
   block_bytes_ = BlockBytes(block_tokens, kv_heads, head_dim, dtype);
   if (block_bytes_ > std::numeric_limits<int64_t>::max() / num_blocks) {

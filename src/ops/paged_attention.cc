@@ -324,8 +324,12 @@ struct Isa {
   }
   // Of kLanes 32-bit words each holding two bf16 (paged_kv.h), the first (low) or second (high)
   // halves as f32.
-  static V LowBf16(V words) { return MapBits(words, [](uint32_t w) { return w << 16; }); }
-  static V HighBf16(V words) { return MapBits(words, [](uint32_t w) { return w & 0xffff0000u; }); }
+  static V LowBf16(V words) {
+    return MapBits(words, [](uint32_t w) { return w << 16; });
+  }
+  static V HighBf16(V words) {
+    return MapBits(words, [](uint32_t w) { return w & 0xffff0000u; });
+  }
   template <typename Op>
   static V MapBits(V a, Op op) {
     for (float& lane : a.lane) {
@@ -677,7 +681,8 @@ void KeyScores(const float* q, int64_t padded_dim, const float* k, int64_t strid
     if (i < words) {
       const V w = Isa::Load(k + i * stride);
 #pragma GCC unroll 4
-      for (int n = 0; n < N; ++n) even[n] = Isa::MulAdd(Isa::Set1(q[n * padded_dim + i]), w, even[n]);
+      for (int n = 0; n < N; ++n)
+        even[n] = Isa::MulAdd(Isa::Set1(q[n * padded_dim + i]), w, even[n]);
     }
   }
 #pragma GCC unroll 4
@@ -787,8 +792,8 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
   const int64_t key_begin = FirstVisibleKey(job.q_start + t_begin, job.window);
   const int64_t key_end = job.q_start + t_end;
   const int64_t walk_begin = key_begin / kLanes * kLanes;  // chunks start at multiples of L
-  const float* v_rows[kSpanKeys];          // [S] -> [Dp] f32 values of the span
-  const uint16_t* v_rows_bf16[kSpanKeys];  // [S] -> [D] bf16 values, if bf16_values
+  const float* v_rows[kSpanKeys];                          // [S] -> [Dp] f32 values of the span
+  const uint16_t* v_rows_bf16[kSpanKeys];                  // [S] -> [D] bf16 values, if bf16_values
   const auto* zero_row_bf16 = reinterpret_cast<const uint16_t*>(zero_row);
   int64_t prefetched = walk_begin;  // positions before this one have been prefetched
   auto prefetch_until = [&](int64_t end) {
@@ -858,9 +863,8 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
       // Queries seeing some key of the chunk: positions in [chunk, chunk + L + W - 1) (no upper
       // bound for full attention), a run of consecutive t.
       const int64_t t_lo = std::max(t_begin, chunk - job.q_start);
-      const int64_t t_hi = job.window > 0 ? std::min(t_end, chunk + kLanes + job.window - 1 -
-                                                                job.q_start)
-                                          : t_end;
+      const int64_t t_hi =
+          job.window > 0 ? std::min(t_end, chunk + kLanes + job.window - 1 - job.q_start) : t_end;
       if (t_lo >= t_hi) continue;
       const int64_t r_lo = (t_lo - t_begin) * group;
       const int64_t r_count = (t_hi - t_lo) * group;
