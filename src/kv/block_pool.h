@@ -1,8 +1,8 @@
 // The block pool: one arena of equal KV blocks shared by every owning layer of every sequence.
 //
 // Legend: B = block_tokens, KVH = kv_heads, D = head_dim.
-// A block holds B tokens of one owning layer: K (transposed in 32-bit words) then V [B, KVH, D],
-// the layout ops::PagedKvView documents and reads, so block_bytes = 2 * B * KVH * D *
+// A block holds B tokens of one owning layer: per KV head, its K (transposed in 32-bit words) then
+// its V [B, D], the layout ops::PagedKvView documents and reads, so block_bytes = 2 * B * KVH * D *
 // sizeof(dtype); D * sizeof(dtype) must be a multiple of 4 (D even for bf16). Full and sliding
 // owners draw from this one pool: there is no full/sliding split for a user to tune (the static
 // per-pool ratio of SGLang's SWAKVPool and TensorRT-LLM's per-window pools).
