@@ -24,7 +24,9 @@
 //              l' = a l + sum_i e^(s_i - m'),  o' = a o + sum_i e^(s_i - m') v_i;
 //   3. the o update runs for the G rows of a query together, so each V vector loaded serves G
 //      rows through G independent multiply-add chains. V rows are widened once per span into
-//      scratch, except in a decode tile (one query), which reads bf16 V straight from the pool.
+//      scratch, except in a decode tile (one query) with bf16 V and D % 2L == 0, which reads L
+//      words of a V row straight from the pool and splits them into its even and odd dimensions
+//      (AccumulateSplitValues): 2 G chains, no widening pass, no table of row addresses.
 // After the last span, out = o / l.
 // Bandwidth arithmetic (decode, G = 4, D = 64, bf16): per key and KV head the kernel reads
 // 2 * 64 * 2 = 256 bytes and does 2 * G * D = 512 multiply-adds, i.e. 2 multiply-adds per byte:
@@ -161,28 +163,12 @@ constexpr int64_t kMaxLanes = 16;
 // Chunks of L keys per span S = 4 L: the online softmax rescales once per span, and each value
 // vector is widened once per span for all R rows.
 constexpr int kSpanChunks = 4;
-// Keys prefetched ahead of the chunk being loaded: 32 keys of D = 64 bf16 K and V are 16 KiB in
-// flight, about what one core needs to stream at 40 GB/s with ~100 ns DRAM latency (Little's law:
-// 40 GB/s * 100 ns = 4 KB, times a margin for the block jumps the hardware prefetcher misses).
+// Keys prefetched ahead of the chunk being read, line by line (its K word rows and V rows): 32
+// keys of D = 64 bf16 K and V are 8 KiB in flight per work item. Blocks sit at scattered pool
+// addresses, so the hardware prefetcher stalls at every block boundary. Measured on 2 threads
+// from DRAM at 32K context, B = 64: 15 GB/s without, 26 with this; prefetching whole blocks
+// ahead instead (a share of the next block per chunk) gave 20.
 constexpr int64_t kPrefetchKeys = 32;
-
-// Where one KV head's keys and values of `count` consecutive positions inside one block are
-// (paged_kv.h): K as rows of `count` words, row i (dimensions i * P ..) at k + i * B words, and
-// the V row of the j-th position at v + j * v_stride bytes.
-struct BlockRun {
-  const std::byte* k;
-  const std::byte* v;
-  int64_t v_stride;
-};
-
-BlockRun LocateRun(const PagedKvView& kv, int64_t kv_head, int64_t position) {
-  BlockRun run;
-  run.k = kv.key_element(position, kv_head, 0);
-  run.v = kv.value(position, kv_head);
-  run.v_stride = kv.head_dim * DTypeSize(kv.dtype);
-  return run;
-}
-
 // Prefetches the cache line holding p. GCC counts __builtin_prefetch as free of side effects, so
 // a loop nest that only prefetches is deleted as dead code (C++ forward progress, -ffinite-loops);
 // an asm statement is kept.
@@ -192,21 +178,6 @@ void PrefetchLine(const std::byte* p) {
 #else
   __builtin_prefetch(p);
 #endif
-}
-
-// Prefetches one KV head's K words and V rows of positions [position, position + count), which
-// lie in one block: blocks sit at scattered pool addresses, so the hardware prefetcher stalls at
-// every block boundary.
-void PrefetchRun(const PagedKvView& kv, int64_t kv_head, int64_t position, int64_t count) {
-  const BlockRun run = LocateRun(kv, kv_head, position);
-  const int64_t row_bytes = kv.head_dim * DTypeSize(kv.dtype);
-  const int64_t k_row_stride = kv.block_tokens * 4;
-  for (int64_t i = 0; i < row_bytes / 4; ++i) {
-    const std::byte* row = run.k + i * k_row_stride;
-    for (int64_t offset = 0; offset < count * 4; offset += 64) PrefetchLine(row + offset);
-  }
-  // A head's V rows are consecutive in its part of the block (v_stride == row_bytes).
-  for (int64_t offset = 0; offset < count * row_bytes; offset += 64) PrefetchLine(run.v + offset);
 }
 
 int64_t RoundUp(int64_t n, int64_t multiple) { return (n + multiple - 1) / multiple * multiple; }
@@ -704,15 +675,11 @@ void AllKeyScores(const float* q, int64_t rows, int64_t padded_dim, const float*
   }
 }
 
-// Value rows are f32, or bf16 read straight from the pool (with Dp == D).
-Isa::V LoadRow(const float* p) { return Isa::Load(p); }
-Isa::V LoadRow(const uint16_t* p) { return Isa::LoadBf16(p); }
-
 // o[n] = alphas[n] o[n] + sum_i probs[n, i] v_i over the S keys of a span, for N rows o[N, Dp]
 // (probs[N, S]) at once: each value vector is loaded once for all N rows, and the N multiply-add
 // chains are independent.
-template <int N, typename Element>
-void AccumulateValues(const Element* const (&v_rows)[kSpanKeys], const float* probs,
+template <int N>
+void AccumulateValues(const float* const (&v_rows)[kSpanKeys], const float* probs,
                       const float* alphas, float* o, int64_t padded_dim) {
   for (int64_t d = 0; d < padded_dim; d += Isa::kLanes) {
     Isa::V acc[N];
@@ -721,7 +688,7 @@ void AccumulateValues(const Element* const (&v_rows)[kSpanKeys], const float* pr
       acc[n] = Isa::Mul(Isa::Load(o + n * padded_dim + d), Isa::Set1(alphas[n]));
 #pragma GCC unroll 8
     for (int i = 0; i < kSpanKeys; ++i) {
-      const Isa::V v = LoadRow(v_rows[i] + d);
+      const Isa::V v = Isa::Load(v_rows[i] + d);
 #pragma GCC unroll 4
       for (int n = 0; n < N; ++n)
         acc[n] = Isa::MulAdd(Isa::Set1(probs[n * kSpanKeys + i]), v, acc[n]);
@@ -731,15 +698,71 @@ void AccumulateValues(const Element* const (&v_rows)[kSpanKeys], const float* pr
   }
 }
 
+// The decode tile's value update straight from bf16 rows in the pool: the same sum as
+// AccumulateValues, with o kept in word-split order. Each load of L 32-bit words gives 2 L
+// dimensions of one value row, the even ones (low halves) and the odd ones (high halves) as f32
+// with one shift or one mask, so o holds each group of 2 L dimensions as its L even ones, then its
+// L odd ones (SplitIndex). The 2 N accumulators of a group are independent multiply-add chains,
+// enough to keep both FMA pipes busy through the FMA latency. Chunk c's L value rows [L, D] bf16
+// are consecutive at v_chunks[c] (D % 2L == 0); their addresses need no table.
+template <int N>
+void AccumulateSplitValues(const uint16_t* const (&v_chunks)[kSpanChunks], int64_t dim,
+                           const float* probs, const float* alphas, float* o) {
+  constexpr int kLanes = Isa::kLanes;
+  for (int64_t d = 0; d < dim; d += 2 * kLanes) {
+    Isa::V even[N], odd[N];
+#pragma GCC unroll 4
+    for (int n = 0; n < N; ++n) {
+      even[n] = Isa::Mul(Isa::Load(o + n * dim + d), Isa::Set1(alphas[n]));
+      odd[n] = Isa::Mul(Isa::Load(o + n * dim + d + kLanes), Isa::Set1(alphas[n]));
+    }
+    for (int c = 0; c < kSpanChunks; ++c) {
+      const uint16_t* rows = v_chunks[c] + d;
+      const float* chunk_probs = probs + c * kLanes;
+#pragma GCC unroll 4
+      for (int i = 0; i < kLanes; ++i) {
+        const Isa::V words = Isa::Load(reinterpret_cast<const float*>(rows + i * dim));
+        const Isa::V low = Isa::LowBf16(words), high = Isa::HighBf16(words);
+#pragma GCC unroll 4
+        for (int n = 0; n < N; ++n) {
+          const Isa::V p = Isa::Set1(chunk_probs[n * kSpanKeys + i]);
+          even[n] = Isa::MulAdd(p, low, even[n]);
+          odd[n] = Isa::MulAdd(p, high, odd[n]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int n = 0; n < N; ++n) {
+      Isa::Store(o + n * dim + d, even[n]);
+      Isa::Store(o + n * dim + d + kLanes, odd[n]);
+    }
+  }
+}
+
+// Where dimension d of a row sits in word-split order (AccumulateSplitValues).
+int64_t SplitIndex(int64_t d) {
+  constexpr int64_t kGroup = 2 * Isa::kLanes;
+  return d / kGroup * kGroup + (d % 2) * Isa::kLanes + d % kGroup / 2;
+}
+
 // AccumulateValues for `rows` rows, four at a time.
-template <typename Element>
-void AccumulateAllValues(const Element* const (&v_rows)[kSpanKeys], const float* probs,
+void AccumulateAllValues(const float* const (&v_rows)[kSpanKeys], const float* probs,
                          const float* alphas, float* o, int64_t rows, int64_t padded_dim) {
   int64_t n = 0;
   for (; n + 4 <= rows; n += 4)
     AccumulateValues<4>(v_rows, probs + n * kSpanKeys, alphas + n, o + n * padded_dim, padded_dim);
   for (; n < rows; ++n)
     AccumulateValues<1>(v_rows, probs + n * kSpanKeys, alphas + n, o + n * padded_dim, padded_dim);
+}
+
+// AccumulateSplitValues for `rows` rows, four at a time.
+void AccumulateAllSplitValues(const uint16_t* const (&v_chunks)[kSpanChunks], int64_t dim,
+                              const float* probs, const float* alphas, float* o, int64_t rows) {
+  int64_t n = 0;
+  for (; n + 4 <= rows; n += 4)
+    AccumulateSplitValues<4>(v_chunks, dim, probs + n * kSpanKeys, alphas + n, o + n * dim);
+  for (; n < rows; ++n)
+    AccumulateSplitValues<1>(v_chunks, dim, probs + n * kSpanKeys, alphas + n, o + n * dim);
 }
 
 // One work item: KV head `kv_head` of `job`, queries [t_begin, t_end) of the job.
@@ -781,27 +804,47 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
 
   const bool bf16 = kv.dtype == DType::kBF16;
   const int64_t head_words = dim * DTypeSize(kv.dtype) / 4;  // D / P
+  const int64_t block_tokens = kv.block_tokens;              // B
   // With B a multiple of L, every chunk (L-aligned) lies in one block and KeyScores reads its K
   // words in place; otherwise they are gathered into k_chunk.
-  const bool chunks_in_place = kv.block_tokens % kLanes == 0;
+  const bool chunks_in_place = block_tokens % kLanes == 0;
   // f32 values with D % L == 0 are read in place.
   const bool values_in_place = kv.dtype == DType::kF32 && dim % kLanes == 0;
   // A decode tile (one query) reads bf16 values straight from the pool in step 3, where each
-  // value vector serves all G rows, instead of widening them into v_span first.
-  const bool bf16_values = bf16 && dim % kLanes == 0 && t_end - t_begin == 1;
+  // value vector serves all G rows, instead of widening them into v_span first; o is then in
+  // word-split order (AccumulateSplitValues).
+  const bool split_values = bf16 && dim % (2 * kLanes) == 0 && t_end - t_begin == 1;
   const int64_t key_begin = FirstVisibleKey(job.q_start + t_begin, job.window);
   const int64_t key_end = job.q_start + t_end;
   const int64_t walk_begin = key_begin / kLanes * kLanes;  // chunks start at multiples of L
   const float* v_rows[kSpanKeys];                          // [S] -> [Dp] f32 values of the span
-  const uint16_t* v_rows_bf16[kSpanKeys];                  // [S] -> [D] bf16 values, if bf16_values
-  const auto* zero_row_bf16 = reinterpret_cast<const uint16_t*>(zero_row);
-  int64_t prefetched = walk_begin;  // positions before this one have been prefetched
-  auto prefetch_until = [&](int64_t end) {
-    if (!chunks_in_place) return;
-    for (end = std::min(end, key_end); prefetched < end; prefetched += kLanes)
-      PrefetchRun(kv, kv_head, prefetched, std::min<int64_t>(kLanes, key_end - prefetched));
+  const uint16_t* v_chunks[kSpanChunks];  // [chunks] -> [L, D] bf16 values, if split_values
+  // With split_values, a chunk whose keys are not all read (the walk's first and last) has its
+  // valid value rows copied into v_span (as bf16, the rest zero), so every chunk is L rows.
+  auto* v_chunk_copies = reinterpret_cast<uint16_t*>(v_span);  // [chunks, L, D]
+
+  // This KV head's part of logical block `block` (paged_kv.h): K words [D / P, B], then V [B, D].
+  const int64_t part_bytes = kv.head_part_bytes();
+  const int64_t row_bytes = dim * DTypeSize(kv.dtype);
+  const std::byte* head_base = kv.pool_base + kv_head * part_bytes;
+  auto part_of = [&](int64_t block) {
+    return head_base + kv.block_ids[block - kv.first_block] * kv.block_bytes;
   };
-  prefetch_until(walk_begin + kPrefetchKeys);
+  // Prefetches keys [position, position + L), L-aligned and in one block (chunks in place only).
+  auto prefetch_chunk = [&](int64_t position) {
+    if (position >= key_end) return;
+    const int64_t block = position / block_tokens;
+    const int64_t slot = position - block * block_tokens;
+    const std::byte* part = part_of(block);
+    for (int64_t w = 0; w < head_words; ++w) PrefetchLine(part + (w * block_tokens + slot) * 4);
+    const std::byte* values = part + (block_tokens + slot) * row_bytes;
+    for (int64_t offset = 0; offset < kLanes * row_bytes; offset += 64)
+      PrefetchLine(values + offset);
+  };
+  if (chunks_in_place) {
+    for (int64_t position = walk_begin; position < walk_begin + kPrefetchKeys; position += kLanes)
+      prefetch_chunk(position);
+  }
 
   for (int64_t span = walk_begin; span < key_end; span += kSpanKeys) {
     const int64_t span_len = std::min<int64_t>(kSpanKeys, key_end - span);
@@ -814,20 +857,26 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
       // by no row, and their values are zero rows (their p is 0, and 0 * NaN would not be).
       const int64_t valid_begin = std::clamp<int64_t>(key_begin - chunk, 0, kLanes);
       const int64_t valid_end = std::clamp<int64_t>(key_end - chunk, 0, kLanes);
-      for (int64_t i = 0; i < kLanes; ++i) {
-        v_rows[c + i] = zero_row;
-        v_rows_bf16[c + i] = zero_row_bf16;
+      if (valid_begin > 0 || valid_end < kLanes) {
+        for (int64_t i = 0; i < kLanes; ++i) v_rows[c + i] = zero_row;
+        if (split_values) {
+          v_chunks[c / kLanes] = v_chunk_copies + c * dim;  // valid rows are copied below
+          std::fill_n(v_chunk_copies + c * dim, kLanes * dim, uint16_t{0});
+        }
       }
       if (valid_begin >= valid_end) continue;
 
       const float* k_words = k_chunk;
       int64_t k_stride = kLanes;
-      BlockRun run{};
+      const std::byte* v_first = nullptr;  // V row of key `chunk`, with chunks in place
       if (chunks_in_place) {
-        prefetch_until(chunk + kLanes + kPrefetchKeys);
-        run = LocateRun(kv, kv_head, chunk);
-        k_words = reinterpret_cast<const float*>(run.k);
-        k_stride = kv.block_tokens;
+        const int64_t block = chunk / block_tokens;
+        const int64_t slot = chunk - block * block_tokens;
+        prefetch_chunk(chunk + kPrefetchKeys);
+        const std::byte* part = part_of(block);
+        k_words = reinterpret_cast<const float*>(part + slot * 4);
+        k_stride = block_tokens;
+        v_first = part + block_tokens * row_bytes + slot * row_bytes;
       } else {
         for (int64_t i = 0; i < kLanes; ++i) {
           const bool valid = i >= valid_begin && i < valid_end;
@@ -835,28 +884,33 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
           for (int64_t w = 0; w < head_words; ++w) {
             float& word = k_chunk[w * kLanes + i];
             if (valid) {
-              std::memcpy(&word, key + w * kv.block_tokens * 4, 4);
+              std::memcpy(&word, key + w * block_tokens * 4, 4);
             } else {
               word = 0.0f;
             }
           }
         }
       }
-      for (int64_t i = valid_begin; i < valid_end; ++i) {
-        const std::byte* value =
-            chunks_in_place ? run.v + i * run.v_stride : kv.value(chunk + i, kv_head);
-        float* v_dst = v_span + (c + i) * padded_dim;
-        v_rows[c + i] = v_dst;
-        if (!bf16) {
-          if (values_in_place) {
-            v_rows[c + i] = reinterpret_cast<const float*>(value);
+      if (split_values && chunks_in_place && valid_begin == 0 && valid_end == kLanes) {
+        v_chunks[c / kLanes] = reinterpret_cast<const uint16_t*>(v_first);
+      } else {
+        if (split_values) v_chunks[c / kLanes] = v_chunk_copies + c * dim;
+        for (int64_t i = valid_begin; i < valid_end; ++i) {
+          const std::byte* value =
+              chunks_in_place ? v_first + i * row_bytes : kv.value(chunk + i, kv_head);
+          float* v_dst = v_span + (c + i) * padded_dim;
+          v_rows[c + i] = v_dst;
+          if (!bf16) {
+            if (values_in_place) {
+              v_rows[c + i] = reinterpret_cast<const float*>(value);
+            } else {
+              std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
+            }
+          } else if (split_values) {
+            std::memcpy(v_chunk_copies + (c + i) * dim, value, static_cast<size_t>(row_bytes));
           } else {
-            std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
+            WidenBf16Row(reinterpret_cast<const uint16_t*>(value), v_dst, dim);
           }
-        } else if (bf16_values) {
-          v_rows_bf16[c + i] = reinterpret_cast<const uint16_t*>(value);
-        } else {
-          WidenBf16Row(reinterpret_cast<const uint16_t*>(value), v_dst, dim);
         }
       }
 
@@ -898,9 +952,9 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
         alphas[g] = SoftmaxSpanUpdate(scores + r * kSpanKeys, first, last, row_max[r],
                                       row_sum + r * kLanes);
       }
-      if (bf16_values) {
-        AccumulateAllValues(v_rows_bf16, scores + r0 * kSpanKeys, alphas, o_rows + r0 * padded_dim,
-                            group, padded_dim);
+      if (split_values) {
+        AccumulateAllSplitValues(v_chunks, dim, scores + r0 * kSpanKeys, alphas,
+                                 o_rows + r0 * padded_dim, group);
       } else {
         AccumulateAllValues(v_rows, scores + r0 * kSpanKeys, alphas, o_rows + r0 * padded_dim,
                             group, padded_dim);
@@ -916,7 +970,7 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
       for (int64_t i = 0; i < kLanes; ++i) l += row_sum[r * kLanes + i];
       const float* o = o_rows + r * padded_dim;
       float* out = job.out + (t * query_heads + kv_head * group + g) * dim;
-      for (int64_t d = 0; d < dim; ++d) out[d] = o[d] / l;
+      for (int64_t d = 0; d < dim; ++d) out[d] = o[split_values ? SplitIndex(d) : d] / l;
     }
   }
 }
