@@ -898,6 +898,10 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
         for (int64_t i = valid_begin; i < valid_end; ++i) {
           const std::byte* value =
               chunks_in_place ? v_first + i * row_bytes : kv.value(chunk + i, kv_head);
+          if (split_values) {
+            std::memcpy(v_chunk_copies + (c + i) * dim, value, static_cast<size_t>(row_bytes));
+            continue;
+          }
           float* v_dst = v_span + (c + i) * padded_dim;
           v_rows[c + i] = v_dst;
           if (!bf16) {
@@ -906,8 +910,6 @@ void AttendTile(const AttentionJob& job, int64_t query_heads, int64_t kv_head, i
             } else {
               std::memcpy(v_dst, value, static_cast<size_t>(dim * 4));
             }
-          } else if (split_values) {
-            std::memcpy(v_chunk_copies + (c + i) * dim, value, static_cast<size_t>(row_bytes));
           } else {
             WidenBf16Row(reinterpret_cast<const uint16_t*>(value), v_dst, dim);
           }
