@@ -1,5 +1,7 @@
 // mixattn plan: the KV-memory planner. Every figure comes from KvPlan, the same object the engine
-// will allocate from, so what the planner reports is what the engine admits.
+// allocates from: the sequences that fit a budget are counted in the engine's blocks (block size
+// and prefill chunk as the engine's defaults, or as given), so what the planner reports is what
+// the engine admits.
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <nlohmann/json.hpp>
@@ -10,6 +12,8 @@
 #include "cli/model_source.h"
 #include "core/error.h"
 #include "core/units.h"
+#include "engine/engine.h"
+#include "kv/block_pool.h"
 #include "model/kv_plan.h"
 #include "model/presets.h"
 #include "model/weights.h"
@@ -24,6 +28,8 @@ struct PlanOptions {
   int64_t batch = 1;
   std::string kv_dtype = "bf16";
   std::string budget = "8GiB";
+  int64_t block_tokens = kDefaultBlockTokens;
+  int64_t chunk = EngineOptions{}.prefill_chunk;
   bool compare = false;
   bool json = false;
 };
@@ -36,7 +42,10 @@ struct PlanReport {
   int64_t bytes_per_token = 0;
   int64_t bytes_per_sequence = 0;
   int64_t bytes_total = 0;
-  int64_t max_sequences = 0;
+  int64_t block_bytes = 0;            // one engine block: B tokens of K and V of one owner
+  int64_t blocks_per_sequence = 0;    // what the engine reserves for one T-token sequence
+  int64_t max_sequences = 0;          // T-token sequences the engine admits within the budget
+  int64_t max_sequences_unpaged = 0;  // the same without block rounding (bytes per sequence)
   double reduction_vs_standard = 0;
   std::vector<int> owners;
 };
@@ -52,7 +61,13 @@ PlanReport MakeReport(const std::string& label, const ModelConfig& config,
   report.bytes_per_token = plan.kv_bytes_per_token(dtype);
   report.bytes_per_sequence = plan.kv_bytes_per_sequence(options.context, dtype);
   report.bytes_total = report.bytes_per_sequence * options.batch;
-  report.max_sequences = plan.max_sequences(budget, options.context, dtype);
+  report.block_bytes = KvBlockPool::BlockBytes(options.block_tokens, config.num_key_value_heads,
+                                               config.head_dim, dtype);
+  report.blocks_per_sequence =
+      plan.kv_blocks_per_sequence(options.context, options.block_tokens, options.chunk);
+  report.max_sequences = plan.max_sequences_in_blocks(budget / report.block_bytes, options.context,
+                                                      options.block_tokens, options.chunk);
+  report.max_sequences_unpaged = plan.max_sequences(budget, options.context, dtype);
   // The standard layout of the same shape keeps every token in every layer: L * T token-layers.
   report.reduction_vs_standard = static_cast<double>(config.num_layers()) *
                                  static_cast<double>(options.context) /
@@ -95,7 +110,12 @@ Json ReportJson(const PlanReport& report, const PlanOptions& options, int64_t bu
   out["kv_bytes_per_sequence"] = report.bytes_per_sequence;
   out["kv_bytes_total"] = report.bytes_total;
   out["budget_bytes"] = budget;
+  out["block_tokens"] = options.block_tokens;
+  out["chunk"] = options.chunk;
+  out["kv_block_bytes"] = report.block_bytes;
+  out["kv_blocks_per_sequence"] = report.blocks_per_sequence;
   out["max_sequences"] = report.max_sequences;
+  out["max_sequences_unpaged"] = report.max_sequences_unpaged;
   out["reduction_vs_standard"] = report.reduction_vs_standard;
   return out;
 }
@@ -133,8 +153,14 @@ void PrintPlan(const PlanReport& report, const PlanOptions& options, int64_t bud
               static_cast<long long>(report.kv_token_layers));
   std::printf("KV for a batch of %lld: %s\n", static_cast<long long>(options.batch),
               FormatBytes(report.bytes_total).c_str());
-  std::printf("Sequences of %lld tokens within %s: %lld\n", static_cast<long long>(options.context),
-              FormatBytes(budget).c_str(), static_cast<long long>(report.max_sequences));
+  std::printf(
+      "Sequences of %lld tokens the engine admits within %s: %lld (%lld blocks of %lld tokens "
+      "each, prefill chunk %lld; %lld without block rounding)\n",
+      static_cast<long long>(options.context), FormatBytes(budget).c_str(),
+      static_cast<long long>(report.max_sequences),
+      static_cast<long long>(report.blocks_per_sequence),
+      static_cast<long long>(options.block_tokens), static_cast<long long>(options.chunk),
+      static_cast<long long>(report.max_sequences_unpaged));
   std::printf("Reduction against standard attention of the same shape: %.1fx\n",
               report.reduction_vs_standard);
 }
@@ -144,10 +170,11 @@ void PrintComparison(const std::vector<PlanReport>& reports, const PlanOptions& 
   const ModelConfig& c = reports.front().config;
   std::printf(
       "KV plans at context %lld, batch %lld, KV %s, budget %s; shape: %d layers, %d KV heads x %d "
-      "dims\n\n",
+      "dims; max seqs: what the engine admits (blocks of %lld tokens, prefill chunk %lld)\n\n",
       static_cast<long long>(options.context), static_cast<long long>(options.batch),
       options.kv_dtype.c_str(), FormatBytes(budget).c_str(), c.num_layers(), c.num_key_value_heads,
-      c.head_dim);
+      c.head_dim, static_cast<long long>(options.block_tokens),
+      static_cast<long long>(options.chunk));
   std::printf("%-22s %6s %16s %12s %12s %10s %9s  %s\n", "preset", "owners", "kv_token_layers",
               "per seq", "batch", "reduction", "max seqs", "layout");
   for (const PlanReport& r : reports) {
@@ -212,6 +239,17 @@ void RegisterPlanCommand(CLI::App& app) {
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
   command->add_option("--budget", options->budget, "KV memory budget, e.g. 8GiB, 512MiB, 24GB")
+      ->capture_default_str();
+  command
+      ->add_option("--block-size", options->block_tokens,
+                   "KV block size in tokens, as the engine's (sequences are counted in blocks)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
+      ->capture_default_str();
+  command
+      ->add_option("--chunk", options->chunk,
+                   "prefill chunk in tokens, as the engine's (a sliding owner holds W + chunk - 1 "
+                   "tokens while it writes a chunk)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
       ->capture_default_str();
   command->add_flag("--compare", options->compare, "every preset side by side at the shape flags");
   command->add_flag("--json", options->json, "print JSON (one object, or a list with --compare)");

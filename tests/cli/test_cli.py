@@ -36,7 +36,23 @@ def main():
     check(plan["kv_bytes_per_token"] == 13 * slot, "bytes per token = 13 owners x slot")
     check(plan["kv_bytes_per_sequence"] == 76800 * slot, "bytes per sequence = PRESETS.md token-layers x slot")
     check(plan["kv_bytes_total"] == 4 * 76800 * slot, "batch total")
-    check(plan["max_sequences"] == (8 << 30) // (76800 * slot), "max sequences within the budget")
+    check(plan["max_sequences_unpaged"] == (8 << 30) // (76800 * slot),
+          "max sequences within the budget without block rounding")
+    # What the engine admits: blocks of 64 tokens (64 x slot bytes), each owner reserving its worst
+    # case for a 32768-token request written in 256-token chunks: a full owner 512 blocks, a
+    # sliding one (W = 1024) at most ceil((1024 + 256 - 2) / 64) + 1 = 21.
+    check(plan["block_tokens"] == 64 and plan["chunk"] == 256, "engine's block size and chunk")
+    owner_blocks = [512 if plan["layers"][o]["kind"] == "full" else 21 for o in plan["kv_owner_layers"]]
+    check(plan["kv_blocks_per_sequence"] == sum(owner_blocks), "blocks reserved per sequence")
+    check(plan["max_sequences"] == (8 << 30) // (64 * slot) // sum(owner_blocks),
+          f"max sequences the engine admits: {plan['max_sequences']}")
+    r = run(m, "plan", "--preset", "ma-pairs", "--block-size", "16", "--chunk", "1", "--json")
+    check(r.returncode == 0 and json.loads(r.stdout)["kv_blocks_per_sequence"] ==
+          sum(2048 if plan["layers"][o]["kind"] == "full" else 65 for o in plan["kv_owner_layers"]),
+          "plan --block-size 16 --chunk 1: a sliding owner holds ceil(1023 / 16) + 1 = 65 blocks")
+    for flag in ["--block-size", "--chunk"]:
+        r = run(m, "plan", "--preset", "ma-pairs", flag, "0")
+        check(r.returncode != 0 and flag in r.stderr, f"plan {flag} 0 is refused naming the flag: {r.stderr}")
     check(abs(plan["reduction_vs_standard"] - 786432 / 76800) < 1e-9, "reduction vs standard")
 
     # --- plan --compare --json: one object per preset, figures of PRESETS.md at L=8, T=4096, W=256
