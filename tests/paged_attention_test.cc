@@ -412,6 +412,53 @@ TEST(PagedAttentionTest, FastKernelNeverTouchesFreedBlocks) {
   munmap(mapping, bytes);
 }
 
+// A sliding layer reading a full owner's cache sees a view that still holds every block, the ones
+// wholly before its window included: the kernel must skip those without touching them (so a
+// sliding reader's cost does not grow with the owner's length). They sit on pages with no access.
+TEST(PagedAttentionTest, FastKernelSkipsInViewBlocksBeforeTheWindow) {
+  const auto page = static_cast<int64_t>(sysconf(_SC_PAGESIZE));
+  for (const int64_t block_tokens : {16, 64}) {
+    // KVH = 2, D = 64, bf16: 8 KiB blocks at B = 16, 32 KiB at B = 64, whole numbers of pages.
+    const LayerShape shape{block_tokens, 64, 8, 2, /*window=*/40, DType::kBF16};
+    ASSERT_EQ(shape.block_bytes() % page, 0);
+    const SequenceData seq = MakeSequence(shape, 400, 17);
+    const std::vector<JobSpec> specs = {
+        {&seq, 399, 1, false}, {&seq, 300, 45, false}, {&seq, 170, 1, false}};
+    const int64_t blocks = BlocksNeeded(shape, specs);
+    const auto bytes = static_cast<size_t>(blocks * shape.block_bytes());
+    void* mapping =
+        mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ASSERT_NE(mapping, MAP_FAILED);
+    {
+      TestPool pool(shape, blocks, static_cast<std::byte*>(mapping), 7);
+      std::vector<PreparedJob> prepared = Prepare(shape, specs, pool);
+      int64_t protected_blocks = 0;
+      for (const PreparedJob& p : prepared) {
+        ASSERT_EQ(p.first_block, 0) << "the view keeps the leading blocks";
+        // Blocks whose last key is before the first key the job's first query sees.
+        const int64_t first_key = FirstVisibleKey(p.spec.q_start, shape.window);
+        for (int64_t b = 0; (b + 1) * block_tokens <= first_key; ++b, ++protected_blocks) {
+          ASSERT_EQ(mprotect(pool.block(p.ids[static_cast<size_t>(b)]),
+                             static_cast<size_t>(shape.block_bytes()), PROT_NONE),
+                    0);
+        }
+      }
+      // First visible keys 360, 261, 131.
+      EXPECT_EQ(protected_blocks, block_tokens == 16 ? 22 + 16 + 8 : 5 + 4 + 2);
+      const std::vector<AttentionJob> jobs = MakeJobs(shape, pool, prepared);
+      for (AttentionIsa isa : SupportedIsas()) {
+        PagedAttention(jobs, shape.query_heads, isa);
+        for (const PreparedJob& p : prepared) {
+          const float* whole = seq.out.data() + p.spec.q_start * shape.query_heads * shape.head_dim;
+          EXPECT_LE(MaxAbsDiff(p.out.data(), whole, p.out.size()), 1e-5 * MaxAbs(seq.out))
+              << AttentionIsaName(isa) << " B=" << block_tokens << " " << JobName(p.spec);
+        }
+      }
+    }
+    munmap(mapping, bytes);
+  }
+}
+
 TEST(PagedAttentionTest, WindowLongerThanTheSequenceIsFullAttention) {
   const SequenceData full = MakeSequence(SmallShape(0), 23, 13);
   const LayerShape long_window = SmallShape(1000);
