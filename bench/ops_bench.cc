@@ -117,9 +117,16 @@ BENCHMARK(BM_OneDnnF32)->Apply(OneDnnShapes)->ArgNames({"any", "M", "N", "K"})->
 // Cold weights: the bench model's projections (12 layers of q 512x512, k and v 128x512 each,
 // o 512x512, gate and up 1536x512, down 512x1536; about 72 MB in bf16, more than the L3 holds) run
 // in order, as one decode step does, so every weight comes from DRAM. weight_B/s here is the
-// figure to hold against the DRAM read bandwidth. Args: M (rows of x).
+// figure to hold against the DRAM read bandwidth. Args: M (rows of x), simd (the highest
+// instruction set the kernels may use: 1 AVX2, 2 AVX-512; runs above what the CPU has are skipped).
 void BM_LinearColdStack(benchmark::State& state) {
   const int64_t rows = state.range(0);
+  const auto level = static_cast<SimdLevel>(state.range(1));
+  if (level > DetectedSimdLevel()) {
+    state.SkipWithError("instruction set not available on this CPU");
+    return;
+  }
+  SetSimdLevelCap(level);
   constexpr int64_t kLayers = 12, kWidth = 512, kKv = 128, kFfn = 1536;
   const std::vector<float> w = RandomVector(kFfn * kWidth, 1);
   const std::vector<float> x = RandomVector(rows * kFfn, 2);
@@ -150,8 +157,14 @@ void BM_LinearColdStack(benchmark::State& state) {
   state.counters["weight_B/s"] =
       benchmark::Counter(static_cast<double>(bytes), benchmark::Counter::kIsIterationInvariantRate,
                          benchmark::Counter::kIs1000);
+  SetSimdLevelCap(SimdLevel::kAvx512);  // no cap
 }
-BENCHMARK(BM_LinearColdStack)->ArgName("M")->Arg(1)->Arg(4)->Arg(8)->UseRealTime();
+BENCHMARK(BM_LinearColdStack)
+    ->ArgNames({"M", "simd"})
+    ->ArgsProduct({{1, 4, 8},
+                   {static_cast<int64_t>(SimdLevel::kAvx2),
+                    static_cast<int64_t>(SimdLevel::kAvx512)}})
+    ->UseRealTime();
 
 // Elementwise kernels at a prefill chunk of 64 tokens, model width 512, FFN 1536, 8 x 64 heads.
 void SetBytes(benchmark::State& state, int64_t bytes) {

@@ -65,14 +65,17 @@ void ExpectWithin(const std::vector<float>& y, const std::vector<float>& want,
   }
 }
 
-// Instruction sets this machine has: the portable loops, and AVX2 where present.
+// Instruction sets this machine has: the portable loops, and AVX2 and AVX-512 where present.
 std::vector<SimdLevel> SimdLevels() {
-  std::vector<SimdLevel> levels = {SimdLevel::kScalar};
-  if (DetectedSimdLevel() == SimdLevel::kAvx2) levels.push_back(SimdLevel::kAvx2);
+  std::vector<SimdLevel> levels;
+  for (SimdLevel level : {SimdLevel::kScalar, SimdLevel::kAvx2, SimdLevel::kAvx512})
+    if (level <= DetectedSimdLevel()) levels.push_back(level);
   return levels;
 }
 
-const char* SimdName(SimdLevel level) { return level == SimdLevel::kAvx2 ? "avx2" : "portable"; }
+const char* SimdName(SimdLevel level) {
+  return level == SimdLevel::kAvx512 ? "avx512" : level == SimdLevel::kAvx2 ? "avx2" : "portable";
+}
 
 std::string ShapeName(int64_t rows, int64_t n, int64_t k) {
   return "M=" + std::to_string(rows) + " N=" + std::to_string(n) + " K=" + std::to_string(k);
@@ -131,7 +134,7 @@ TEST(LinearTest, MatchesScalarOnOddShapes) {
             }
           }
         }
-        SetSimdLevelCap(SimdLevel::kAvx2);
+        SetSimdLevelCap(SimdLevel::kAvx512);  // no cap
       }
     }
   }

@@ -32,7 +32,7 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-bool UseAvx2() { return ActiveSimdLevel() == SimdLevel::kAvx2; }
+bool UseAvx2() { return ActiveSimdLevel() >= SimdLevel::kAvx2; }
 
 // Threads a parallel region started here would get (1 inside another parallel region, where
 // OpenMP runs nested regions on one thread).

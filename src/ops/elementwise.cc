@@ -17,9 +17,9 @@
 namespace mixattn::ops {
 namespace {
 
-std::atomic<int> g_simd_cap{static_cast<int>(SimdLevel::kAvx2)};
+std::atomic<int> g_simd_cap{static_cast<int>(SimdLevel::kAvx512)};
 
-bool UseAvx2() { return ActiveSimdLevel() == SimdLevel::kAvx2; }
+bool UseAvx2() { return ActiveSimdLevel() >= SimdLevel::kAvx2; }
 
 // ---- AVX2 building blocks ----
 
@@ -257,8 +257,9 @@ SimdLevel DetectedSimdLevel() {
   // libgcc's check also confirms the OS saves YMM state (XCR0), not only the CPUID bits.
   static const SimdLevel detected = [] {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? SimdLevel::kAvx2
-                                                                           : SimdLevel::kScalar;
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+      return SimdLevel::kScalar;
+    return __builtin_cpu_supports("avx512f") ? SimdLevel::kAvx512 : SimdLevel::kAvx2;
   }();
   return detected;
 }

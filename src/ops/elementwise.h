@@ -20,15 +20,17 @@
 
 namespace mixattn::ops {
 
-// Instruction sets the kernels here and in linear.cc choose between at run time.
-enum class SimdLevel { kScalar, kAvx2 };
+// Instruction sets the kernels here and in linear.cc choose between at run time, in order: each
+// level includes the ones before it. The elementwise kernels have AVX2 paths (used at kAvx2 and
+// above); linear.cc's small-batch kernel has an AVX-512 one as well.
+enum class SimdLevel { kScalar, kAvx2, kAvx512 };
 
-// What this CPU supports (AVX2 and FMA both present -> kAvx2).
+// What this CPU supports: AVX2 and FMA -> kAvx2; AVX-512F as well -> kAvx512.
 SimdLevel DetectedSimdLevel();
 // What the kernels use now: the detected level, lowered by SetSimdLevelCap.
 SimdLevel ActiveSimdLevel();
-// Lets tests and benchmarks force the portable loops (kScalar) on an AVX2 machine. Not meant to be
-// changed while kernels run on other threads.
+// Lets tests and benchmarks force a lower level (kScalar: the portable loops) than the machine
+// has. Not meant to be changed while kernels run on other threads.
 void SetSimdLevelCap(SimdLevel cap);
 
 // Precomputed RoPE rotation angles for positions 0 .. P-1, rotate-half layout (see RopeScalar):

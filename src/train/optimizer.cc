@@ -219,7 +219,7 @@ void AdamW::Step(ModelWeights& params, const ModelWeights& grads, double learnin
       .neg_step_size = static_cast<float>(-(learning_rate / bias_correction1)),
   };
   const float decay = static_cast<float>(1.0 - learning_rate * o.weight_decay);
-  const bool avx2 = ops::ActiveSimdLevel() == ops::SimdLevel::kAvx2;
+  const bool avx2 = ops::ActiveSimdLevel() >= ops::SimdLevel::kAvx2;
   // p * 1.0f == p, so skipping the pass for undecayed tensors changes no bit.
   std::vector<char> decays(p_list.size());
   for (size_t i = 0; i < p_list.size(); ++i) {
