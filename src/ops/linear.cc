@@ -1,17 +1,5 @@
 #include "ops/linear.h"
 
-#if defined(__GNUC__) && !defined(__clang__)
-// GCC 12's AVX-512 intrinsics fill "undefined" operands with self-initialised variables, which
-// -Wmaybe-uninitialized (or -Wuninitialized) flags once inlined (GCC PR 105593, fixed in GCC 13).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#else
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <memory>
 #include <new>
@@ -21,6 +9,7 @@
 
 #include "core/error.h"
 #include "ops/elementwise.h"
+#include "ops/x86_intrinsics.h"
 
 #define MIXATTN_AVX2 __attribute__((target("avx2,fma")))
 #define MIXATTN_AVX512 __attribute__((target("avx512f,avx2,fma")))
@@ -118,6 +107,38 @@ constexpr int kTileColumns = MR == 1   ? 8
 // 20.2-21.2 at 8 KiB, 16.4-21.2 at 16 KiB; the cache-resident shapes are unchanged.
 constexpr int kWeightPrefetchBytes = 8192;
 
+// y[m, n] (row stride ldy) = sums[m][n] plus the products of the K positions [kk, K) that the
+// vector loop left (x there in natural order): the end of every DotTile.
+template <int MR, int NR, typename Weight>
+void FinishTile(const float (&sums)[MR][NR], const float* x, const Weight* w, int64_t k, int64_t kk,
+                float* y, int64_t ldy) {
+  for (int m = 0; m < MR; ++m) {
+    for (int n = 0; n < NR; ++n) {
+      float sum = sums[m][n];
+      for (int64_t t = kk; t < k; ++t) sum += x[m * k + t] * WeightToF32(w[n * k + t]);
+      y[m * ldy + n] = sum;
+    }
+  }
+}
+
+// Tiles of NR output columns (and single columns for the last N % NR) of x[MR, K] * w[N, K]^T
+// into y[MR, N], split across threads once the weights are large enough.
+template <int MR, int NR, typename Weight>
+void ForEachTile(const float* x, const Weight* w, int64_t n, int64_t k, float* y,
+                 void (*tile)(const float*, const Weight*, int64_t, float*, int64_t),
+                 void (*column)(const float*, const Weight*, int64_t, float*, int64_t)) {
+  const int64_t tiles = (n + NR - 1) / NR;
+#pragma omp parallel for schedule(static) if (n * k >= kParallelMinWeights)
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int64_t n0 = t * NR;
+    if (n0 + NR <= n) {
+      tile(x, w + n0 * k, k, y + n0, n);
+    } else {
+      for (int64_t j = n0; j < n; ++j) column(x, w + j * k, k, y + j, n);
+    }
+  }
+}
+
 // One block of kPairBlock k-positions of DotTileAvx2 for bf16 weights: acc[m][n] += x[m, at..] *
 // w[n, at..], x pair-split.
 template <int MR, int NR>
@@ -176,13 +197,10 @@ MIXATTN_AVX2 void DotTileAvx2(const float* x, const Weight* w, int64_t k, float*
       kk += kPairBlock;
     }
   }
-  for (int m = 0; m < MR; ++m) {
-    for (int n = 0; n < NR; ++n) {
-      float sum = HorizontalSum(acc[m][n]);
-      for (int64_t t = kk; t < k; ++t) sum += x[m * k + t] * WeightToF32(w[n * k + t]);
-      y[m * ldy + n] = sum;
-    }
-  }
+  float sums[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) sums[m][n] = HorizontalSum(acc[m][n]);
+  FinishTile(sums, x, w, k, kk, y, ldy);
 }
 
 // ---- the same kernel in AVX-512: 16 lanes, and bf16 x pair-split in blocks of 32 (16
@@ -247,43 +265,10 @@ MIXATTN_AVX512 void DotTileAvx512(const float* x, const Weight* w, int64_t k, fl
       }
     }
   }
-  for (int m = 0; m < MR; ++m) {
-    for (int n = 0; n < NR; ++n) {
-      float sum = HorizontalSum512(acc[m][n]);
-      for (int64_t t = kk; t < k; ++t) sum += x[m * k + t] * WeightToF32(w[n * k + t]);
-      y[m * ldy + n] = sum;
-    }
-  }
-}
-
-template <int MR, typename Weight>
-void SmallRowsAvx512(const float* x, const Weight* w, int64_t n, int64_t k, float* y) {
-  constexpr int kNR = kTileColumns512<MR>;
-  const int64_t tiles = (n + kNR - 1) / kNR;
-#pragma omp parallel for schedule(static) if (n * k >= kParallelMinWeights)
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    const int64_t n0 = tile * kNR;
-    if (n0 + kNR <= n) {
-      DotTileAvx512<MR, kNR>(x, w + n0 * k, k, y + n0, n);
-    } else {
-      for (int64_t j = n0; j < n; ++j) DotTileAvx512<MR, 1>(x, w + j * k, k, y + j, n);
-    }
-  }
-}
-
-template <int MR, typename Weight>
-void SmallRowsAvx2(const float* x, const Weight* w, int64_t n, int64_t k, float* y) {
-  constexpr int kNR = kTileColumns<MR>;
-  const int64_t tiles = (n + kNR - 1) / kNR;
-#pragma omp parallel for schedule(static) if (n * k >= kParallelMinWeights)
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    const int64_t n0 = tile * kNR;
-    if (n0 + kNR <= n) {
-      DotTileAvx2<MR, kNR>(x, w + n0 * k, k, y + n0, n);
-    } else {
-      for (int64_t j = n0; j < n; ++j) DotTileAvx2<MR, 1>(x, w + j * k, k, y + j, n);
-    }
-  }
+  float sums[MR][NR];
+  for (int m = 0; m < MR; ++m)
+    for (int n = 0; n < NR; ++n) sums[m][n] = HorizontalSum512(acc[m][n]);
+  FinishTile(sums, x, w, k, kk, y, ldy);
 }
 
 template <typename Weight>
@@ -307,8 +292,13 @@ constexpr int64_t kRowsPerPass = 4;
 template <int MR, typename Weight>
 void SmallRowsPass(SimdLevel level, const float* x, const Weight* w, int64_t n, int64_t k,
                    float* y) {
-  if (level == SimdLevel::kAvx512) return SmallRowsAvx512<MR>(x, w, n, k, y);
-  SmallRowsAvx2<MR>(x, w, n, k, y);
+  if (level == SimdLevel::kAvx512) {
+    constexpr int kNR = kTileColumns512<MR>;
+    return ForEachTile<MR, kNR>(x, w, n, k, y, &DotTileAvx512<MR, kNR, Weight>,
+                                &DotTileAvx512<MR, 1, Weight>);
+  }
+  constexpr int kNR = kTileColumns<MR>;
+  ForEachTile<MR, kNR>(x, w, n, k, y, &DotTileAvx2<MR, kNR, Weight>, &DotTileAvx2<MR, 1, Weight>);
 }
 
 // x[rows, K] (rows <= kMaxSmallRows; pair-split for bf16 as PairSplitRows(level) leaves it) times

@@ -46,23 +46,13 @@
 #include <limits>
 #include <vector>
 
-#if defined(__x86_64__)
-#if defined(__GNUC__) && !defined(__clang__)
-// GCC 12's AVX-512 intrinsics fill "undefined" operands with self-initialised variables, which
-// -Wmaybe-uninitialized (or -Wuninitialized) flags once inlined (GCC PR 105593, fixed in GCC 13).
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#include <immintrin.h>
-#pragma GCC diagnostic pop
-#else
-#include <immintrin.h>
-#endif
-#define MIXATTN_PAGED_ATTENTION_X86 1
-#endif
-
 #include "core/dtype.h"
 #include "core/error.h"
+#include "ops/x86_intrinsics.h"
+
+#if defined(__x86_64__)
+#define MIXATTN_PAGED_ATTENTION_X86 1
+#endif
 
 namespace mixattn::ops {
 namespace {
