@@ -4,7 +4,11 @@
 // Decode at long context: filling 32K-token caches by running the prefill would take minutes
 // per sequence here, so decode runs over caches whose blocks are allocated exactly as a real
 // prefill would leave them and filled with synthetic K/V values (the output says so). Prefill
-// throughput is measured separately, on a shorter real prefill.
+// throughput is measured separately, once per preset, on a shorter real prefill of
+// --prefill-tokens tokens; the table and JSON repeat that one figure on each of the preset's rows.
+//
+// Every flag is checked before any measuring (and before the 1 GiB DRAM probe is allocated), so a
+// typo fails in a second with a message naming the flag, not minutes later or as a failed check.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cctype>
@@ -115,7 +119,10 @@ struct Measurement {
   std::string preset;
   int64_t context = 0, batch = 0;
   int64_t kv_bytes = 0;  // allocated for the batch
+  // Measured once per preset, on one prefill of `prefill_tokens` tokens: the same on every row of
+  // a preset, whatever the row's context and batch.
   double prefill_tokens_per_s = 0;
+  int64_t prefill_tokens = 0;
   double decode_step_s = 0;
   double decode_tokens_per_s = 0;
   int64_t decode_bytes_per_step = 0;  // weights + the KV each layer reads
@@ -127,14 +134,16 @@ struct Measurement {
   double dram_bandwidth = 0;
 };
 
+DType ParseDType(const std::string& name) { return name == "f32" ? DType::kF32 : DType::kBF16; }
+
 class PresetBench {
  public:
   PresetBench(std::string name, const ModelConfig& config, const ModelWeights& weights,
               const BenchOptions& options)
       : name_(std::move(name)),
         options_(options),
-        runner_(config, weights, options.weights_dtype == "f32" ? DType::kF32 : DType::kBF16),
-        kv_dtype_(options.kv_dtype == "f32" ? DType::kF32 : DType::kBF16) {}
+        runner_(config, weights, ParseDType(options.weights_dtype)),
+        kv_dtype_(ParseDType(options.kv_dtype)) {}
 
   const ModelRunner& runner() const { return runner_; }
   const std::string& name() const { return name_; }
@@ -313,6 +322,7 @@ Json MeasurementJson(const Measurement& m) {
               {"batch", m.batch},
               {"kv_bytes", m.kv_bytes},
               {"prefill_tokens_per_s", m.prefill_tokens_per_s},
+              {"prefill_tokens", m.prefill_tokens},
               {"decode_tokens_per_s", m.decode_tokens_per_s},
               {"decode_step_s", m.decode_step_s},
               {"decode_bytes_per_step", m.decode_bytes_per_step},
@@ -325,18 +335,97 @@ Json MeasurementJson(const Measurement& m) {
               {"decode_kv", "synthetic"}};
 }
 
-void RunBench(const ModelSource& source, const BenchOptions& options) {
-  std::vector<std::string> presets = options.compare;
-  if (presets.empty() && source.has_preset()) presets.push_back(source.label());
-  if (presets.empty() && options.model.empty() && !source.has_config())
-    presets = {"standard", "ma-pairs"};
-  if (!options.model.empty() && (!presets.empty() || source.has_config())) {
-    Fail("give --model DIR, or presets (--preset / --compare), not both");
+// One model to measure: a preset at the shape flags, a --config file, or a --model directory.
+struct BenchTarget {
+  std::string name;
+  ModelConfig config;
+  std::unique_ptr<ModelWeights> weights;  // loaded from --model; random weights otherwise
+};
+
+// What to measure, from --model, --compare, --preset or --config (at most one of them).
+std::vector<BenchTarget> ResolveTargets(const ModelSource& source, const BenchOptions& options) {
+  const int given =
+      !options.model.empty() + !options.compare.empty() + source.has_preset() + source.has_config();
+  if (given > 1) Fail("give one of --model DIR, --compare A,B,..., --preset NAME or --config FILE");
+  std::vector<BenchTarget> targets;
+  if (!options.model.empty()) {
+    LoadedModel model = LoadModelDir(options.model);
+    targets.push_back(
+        {options.model, model.config, std::make_unique<ModelWeights>(std::move(model.weights))});
+    return targets;
   }
+  if (source.has_config()) {
+    targets.push_back({source.label(), source.Resolve(), nullptr});
+    return targets;
+  }
+  std::vector<std::string> presets = options.compare;
+  if (source.has_preset()) presets = {source.label()};
+  if (presets.empty()) presets = {"standard", "ma-pairs"};
+  for (size_t i = 0; i < presets.size(); ++i) {
+    if (std::find(presets.begin(), presets.begin() + static_cast<std::ptrdiff_t>(i), presets[i]) !=
+        presets.begin() + static_cast<std::ptrdiff_t>(i)) {
+      Fail("--compare: preset '", presets[i], "' is listed twice");
+    }
+    const auto known = [&](const PresetInfo& preset) { return preset.name == presets[i]; };
+    if (std::none_of(Presets().begin(), Presets().end(), known)) {
+      std::string names;
+      for (const PresetInfo& preset : Presets()) names += (names.empty() ? "" : ", ") + preset.name;
+      Fail(source.has_preset() ? "--preset" : "--compare", ": unknown preset '", presets[i],
+           "'; known presets: ", names);
+    }
+    targets.push_back(
+        {presets[i], MakePresetConfig(presets[i], source.shape_flags().shape()), nullptr});
+  }
+  return targets;
+}
+
+// Under --kv-budget: the most sequences of `context` tokens the budget admits (0 if none fits).
+int64_t BudgetBatch(const KvPlan& plan, const ModelConfig& config, int64_t budget, int64_t context,
+                    const BenchOptions& options) {
+  const int64_t block_bytes =
+      KvBlockPool::BlockBytes(options.block_tokens, config.num_key_value_heads, config.head_dim,
+                              ParseDType(options.kv_dtype));
+  return plan.max_sequences_in_blocks(budget / block_bytes, context, options.block_tokens,
+                                      options.chunk);
+}
+
+// The checks that need the models: positions within max_position_embeddings, a budget that holds
+// at least one sequence. Returns the --kv-budget in bytes (0 when not given).
+int64_t CheckPoints(const std::vector<BenchTarget>& targets, const BenchOptions& options) {
   for (int64_t c : options.contexts)
-    if (c < 1) Fail("--context values must be >= 1");
+    if (c < 1) Fail("--context values must be >= 1 (got ", c, ")");
   for (int64_t b : options.batches)
-    if (b < 1) Fail("--batch values must be >= 1");
+    if (b < 1) Fail("--batch values must be >= 1 (got ", b, ")");
+  // Decode appends decode_steps tokens per timing to each sequence, plus one.
+  const int64_t decode_tokens = options.decode_steps * options.repeats + 1;
+  const int64_t budget =
+      options.kv_budget.empty() ? 0 : ParseByteSize(options.kv_budget, "--kv-budget");
+  for (const BenchTarget& target : targets) {
+    const int64_t max_position = target.config.max_position_embeddings;
+    if (options.prefill_tokens > max_position) {
+      Fail("--prefill-tokens ", options.prefill_tokens, " exceeds ", target.name,
+           "'s max_position_embeddings = ", max_position);
+    }
+    const KvPlan plan(target.config);
+    for (int64_t context : options.contexts) {
+      if (context > max_position - decode_tokens) {
+        Fail("--context ", context, ": decode takes the sequences to ", context + decode_tokens,
+             " tokens (context + --decode-steps ", options.decode_steps, " x --repeats ",
+             options.repeats, " + 1), beyond ", target.name,
+             "'s max_position_embeddings = ", max_position);
+      }
+      if (budget && BudgetBatch(plan, target.config, budget, context, options) < 1) {
+        Fail("--kv-budget ", options.kv_budget, ": not one ", context, "-token sequence of ",
+             target.name, " fits in it");
+      }
+    }
+  }
+  return budget;
+}
+
+void RunBench(const ModelSource& source, const BenchOptions& options) {
+  std::vector<BenchTarget> targets = ResolveTargets(source, options);
+  const int64_t budget = CheckPoints(targets, options);
   if (!options.plot_path.empty()) CheckPlotPath(options.plot_path);
 
   std::fprintf(stderr, "measuring DRAM read bandwidth... ");
@@ -345,19 +434,11 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
   std::fprintf(stderr, "%.1f GB/s\n", probe.Pass() / 1e9);
 
   std::vector<std::unique_ptr<PresetBench>> benches;
-  std::vector<std::unique_ptr<ModelWeights>> weights_store;
-  if (!options.model.empty()) {
-    LoadedModel model = LoadModelDir(options.model);
-    weights_store.push_back(std::make_unique<ModelWeights>(std::move(model.weights)));
+  for (BenchTarget& target : targets) {
+    if (!target.weights)
+      target.weights = std::make_unique<ModelWeights>(RandomWeights(target.config, 1));
     benches.push_back(
-        std::make_unique<PresetBench>(options.model, model.config, *weights_store.back(), options));
-  } else {
-    for (const std::string& preset : presets) {
-      const ModelConfig config = MakePresetConfig(preset, source.shape_flags().shape());
-      weights_store.push_back(std::make_unique<ModelWeights>(RandomWeights(config, 1)));
-      benches.push_back(
-          std::make_unique<PresetBench>(preset, config, *weights_store.back(), options));
-    }
+        std::make_unique<PresetBench>(target.name, target.config, *target.weights, options));
   }
 
   std::map<std::string, double> prefill;
@@ -370,8 +451,6 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
   }
 
   std::vector<Measurement> results;
-  const int64_t budget =
-      options.kv_budget.empty() ? 0 : ParseByteSize(options.kv_budget, "--kv-budget");
   for (int64_t context : options.contexts) {
     std::vector<int64_t> batches = options.batches;
     for (size_t bi = 0; bi < (budget ? 1 : batches.size()); ++bi) {
@@ -379,21 +458,14 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
       for (auto& bench : benches) {
         int64_t batch = budget ? 0 : batches[bi];
         if (budget) {
-          const KvPlan& plan = bench->runner().plan();
-          const int64_t block_bytes = KvBlockPool::BlockBytes(
-              options.block_tokens, bench->runner().config().num_key_value_heads,
-              bench->runner().config().head_dim,
-              options.kv_dtype == "f32" ? DType::kF32 : DType::kBF16);
-          batch = plan.max_sequences_in_blocks(budget / block_bytes, context, options.block_tokens,
-                                               options.chunk);
-          if (batch < 1)
-            Fail(bench->name(), ": not one ", context, "-token sequence fits in ",
-                 options.kv_budget);
+          batch = BudgetBatch(bench->runner().plan(), bench->runner().config(), budget, context,
+                              options);
         }
         std::fprintf(stderr, "decode %s: context %lld, batch %lld... ", bench->name().c_str(),
                      static_cast<long long>(context), static_cast<long long>(batch));
         Measurement m = bench->Decode(context, batch, probe);
         m.prefill_tokens_per_s = prefill[bench->name()];
+        m.prefill_tokens = options.prefill_tokens;
         std::fprintf(stderr, "%.1f tokens/s, %.0f%% of DRAM read (%.1f GB/s)\n",
                      m.decode_tokens_per_s, 100 * m.dram_fraction, m.dram_bandwidth / 1e9);
         results.push_back(m);
@@ -410,18 +482,18 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
       *std::max_element(passes.begin(), passes.end()) / 1e9, passes.size(), Median(passes) / 1e9,
       options.weights_dtype.c_str(), options.kv_dtype.c_str(),
       static_cast<long long>(options.block_tokens));
-  std::printf("%-22s %7s %6s %10s %12s %12s %14s %9s %6s %12s %8s\n", "preset", "context", "batch",
-              "KV alloc", "prefill t/s", "decode t/s", "bytes/step", "GB/s", "DRAM", "DRAM bound",
-              "vs first");
+  std::printf("%-22s %7s %6s %10s %11s %10s %8s %10s %9s %6s %10s %8s\n", "preset", "context",
+              "batch", "KV alloc", "prefill t/s", "decode t/s", "ms/step", "bytes/step", "GB/s",
+              "DRAM", "DRAM bound", "vs first");
   // Results come in groups of one measurement per preset (same context, same batch or budget).
   const size_t group = benches.size();
   for (size_t i = 0; i < results.size(); ++i) {
     const Measurement& m = results[i];
     const Measurement& first = results[i - i % group];
-    std::printf("%-22s %7lld %6lld %10s %12.0f %12.1f %14s %9.1f %5.0f%% %12.1f %7.2fx\n",
+    std::printf("%-22s %7lld %6lld %10s %11.0f %10.1f %8.3f %10s %9.1f %5.0f%% %10.1f %7.2fx\n",
                 m.preset.c_str(), static_cast<long long>(m.context),
                 static_cast<long long>(m.batch), FormatBytes(m.kv_bytes).c_str(),
-                m.prefill_tokens_per_s, m.decode_tokens_per_s,
+                m.prefill_tokens_per_s, m.decode_tokens_per_s, 1e3 * m.decode_step_s,
                 FormatBytes(m.decode_bytes_per_step).c_str(), m.decode_bandwidth / 1e9,
                 100 * m.dram_fraction,
                 static_cast<double>(m.batch) * m.dram_bandwidth /
@@ -429,10 +501,14 @@ void RunBench(const ModelSource& source, const BenchOptions& options) {
                 m.decode_tokens_per_s / first.decode_tokens_per_s);
   }
   std::printf(
-      "\nGB/s = bytes a decode step must move / its best time. DRAM = median over the timings "
-      "of that rate as a share\nof the DRAM read bandwidth measured just before each; DRAM bound "
-      "= tokens/s if every decode step moved\nits bytes at the median of those DRAM "
-      "measurements.\n");
+      "\nprefill t/s: one real prefill of %lld tokens in chunks of %lld, measured once per "
+      "preset and repeated\non each of its rows (not measured at the row's context or batch). "
+      "ms/step: the best time of one\ndecode step over the timings; decode t/s = batch / that "
+      "time. GB/s = bytes a decode step must move /\nthat time. DRAM = median over the timings "
+      "of that rate as a share of the DRAM read bandwidth\nmeasured just before each; DRAM bound "
+      "= tokens/s if every decode step moved its bytes at the median\nof those DRAM "
+      "measurements.\n",
+      static_cast<long long>(options.prefill_tokens), static_cast<long long>(options.chunk));
 
   if (!options.json_path.empty()) {
     Json out = Json::array();
@@ -472,16 +548,24 @@ void RegisterBenchCommand(CLI::App& app) {
   command->add_option(
       "--kv-budget", options->kv_budget,
       "run each preset at the largest batch this KV memory admits (e.g. 4GiB), instead of --batch");
+  // Bounds as `plan`'s for --block-size and --chunk; the others keep sizes far from overflow.
   command->add_option("--decode-steps", options->decode_steps, "decode steps per timing")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
   command->add_option("--repeats", options->repeats, "timings per point; the best is reported")
+      ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   command
-      ->add_option("--prefill-tokens", options->prefill_tokens, "tokens of the prefill measurement")
+      ->add_option("--prefill-tokens", options->prefill_tokens,
+                   "tokens of the prefill measurement (one per preset, shown on each of its rows)")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 40))
       ->capture_default_str();
   command->add_option("--block-size", options->block_tokens, "KV block size in tokens")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 20))
       ->capture_default_str();
-  command->add_option("--chunk", options->chunk, "prefill chunk in tokens")->capture_default_str();
+  command->add_option("--chunk", options->chunk, "prefill chunk in tokens")
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 30))
+      ->capture_default_str();
   command->add_option("--weights-dtype", options->weights_dtype)
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();

@@ -1,4 +1,6 @@
 """What the command-line tests share: a pass/fail tally, running the binary, and a small corpus."""
+import argparse
+import os
 import random
 import subprocess
 
@@ -16,15 +18,25 @@ def check(condition, what):
         print(f"FAIL: {what}")
 
 
+def parse_args():
+    """The arguments every command-line test takes: --mixattn PATH --workdir DIR (created)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mixattn", required=True)
+    parser.add_argument("--workdir", required=True)
+    args = parser.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    return args
+
+
 def summary():
     """Prints the tally; returns the exit status (1 if anything failed)."""
     print(f"{passes} passed, {len(failures)} failed")
     return 1 if failures else 0
 
 
-def run(mixattn, *args, env=None, timeout=300):
+def run(mixattn, *args, env=None, timeout=300, cwd=None):
     return subprocess.run([mixattn, *args], capture_output=True, text=True, timeout=timeout,
-                          env=env)
+                          env=env, cwd=cwd)
 
 
 def write_corpus(path, seed, documents_count):

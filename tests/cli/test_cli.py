@@ -4,19 +4,14 @@
 Usage: test_cli.py --mixattn PATH --workdir DIR
 Runs the real binary, parses its JSON and checks exit codes and error messages.
 """
-import argparse
 import json
 import os
 import sys
 
-from clitest import check, run, summary
+from clitest import check, parse_args, run, summary
 
 def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mixattn", required=True)
-    parser.add_argument("--workdir", required=True)
-    args = parser.parse_args()
-    os.makedirs(args.workdir, exist_ok=True)
+    args = parse_args()
     m = args.mixattn
 
     # --- plan --json for one preset: the fields scripts read

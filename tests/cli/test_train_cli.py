@@ -82,6 +82,9 @@ def test_run_files_and_learning(mixattn, data, work):
     generated = run(mixattn, "generate", "--model", out, "--prompt", "The river", "--max-tokens",
                     "5", "--json")
     check(generated.returncode == 0, f"generate runs on the trained model ({generated.stderr[-300:]})")
+    if generated.returncode == 0:
+        text = json.loads(generated.stdout)["text"]
+        check(text != "", f"generate on the trained model produces text ({text!r})")
     config = json.load(open(os.path.join(out, "config.json")))
     check(config["vocab_size"] == 320, "the preset took the data's vocabulary")
 
