@@ -451,6 +451,33 @@ TEST(EngineTest, PreemptionRecomputesAndKeepsOutputs) {
   EXPECT_EQ(engine.stats().kv_blocks_free, engine.stats().kv_blocks_total);
 }
 
+// Optimistic admission counts the first chunks of the requests it admits in one step together: it
+// admits as many as fit at once, and none is admitted only to be preempted in the same step.
+TEST(EngineTest, OptimisticAdmissionAdmitsOnlyFirstChunksThatFitTogether) {
+  const ModelConfig config = MakePresetConfig("ma", EngineShape());
+  const ModelWeights weights = RandomWeights(config, 43, 0.1);
+  EngineOptions options = SmallOptions(0);
+  const KvPlan plan(config);
+  KvBlockPool sizing_pool(1, options.block_tokens, config.num_key_value_heads, config.head_dim,
+                          options.kv_dtype);
+  const KvCache sizing(plan, sizing_pool);
+  const int64_t prompt = options.prefill_chunk;  // one chunk each
+  const int64_t need = sizing.BlocksToReserve(prompt, options.prefill_chunk);
+  ASSERT_GT(need, 1);
+  options.kv_memory_bytes = (3 * need + need - 1) * sizing_pool.block_bytes();  // room for 3
+  options.admission = EngineOptions::Admission::kOptimistic;
+  Engine engine(config, weights, options, nullptr);
+  for (int r = 0; r < 6; ++r)
+    engine.Submit(
+        Greedy(RandomTokens(prompt, config.vocab_size, 450 + static_cast<uint64_t>(r)), 1));
+  engine.Step();
+  EXPECT_EQ(engine.stats().preemptions, 0);
+  EXPECT_EQ(engine.stats().generated_tokens, 3) << "three prompts prefilled, one token each";
+  RunToCompletion(engine);
+  EXPECT_EQ(engine.stats().generated_tokens, 6);
+  EXPECT_EQ(engine.stats().preemptions, 0);
+}
+
 // Every logits row the engine computes, before and after preemption and recompute, equals the
 // reference forward of the tokens that row has seen (each sequence's tokens are rebuilt from the
 // batch items: a recomputed request starts a new sequence at position 0), for every preset.

@@ -103,6 +103,9 @@ void Engine::Cancel(RequestId id) {
 }
 
 void Engine::Admit() {
+  // Optimistic admission: blocks the first chunks of the requests admitted here will take, so
+  // that requests admitted together fit together (none is admitted only to be preempted at once).
+  int64_t first_chunks_blocks = 0;
   while (!waiting_.empty() && static_cast<int64_t>(running_.size()) < options_.max_running) {
     Request& next = *waiting_.front();
     if (!next.cancelled) {
@@ -111,7 +114,9 @@ void Engine::Admit() {
       } else {
         const int64_t first_chunk =
             std::min<int64_t>(options_.prefill_chunk, static_cast<int64_t>(next.tokens.size()));
-        if (cache_.BlocksToReserve(first_chunk, options_.prefill_chunk) > pool_.num_free()) return;
+        const int64_t need = cache_.BlocksToReserve(first_chunk, options_.prefill_chunk);
+        if (first_chunks_blocks + need > pool_.num_free()) return;
+        first_chunks_blocks += need;
       }
       next.sequence = cache_.AddSequence();
       next.cached = 0;
