@@ -3,7 +3,7 @@
 // Start-up checks every flag and the model before anything listens, so a mistake is one clear
 // message and exit code 1. Then one line states the KV plan in a person's terms: bytes per token
 // and how many full-context sequences fit, beside what a standard-attention model of the same
-// shape would fit in the same memory.
+// shape would fit in the same memory, and the admission mode (--admission).
 //
 // Signals: SIGTERM and SIGINT are blocked before any thread starts, so every thread inherits the
 // mask, and the main thread takes them with sigwait; no code runs in a signal handler. The first
@@ -52,6 +52,7 @@ struct ServeOptions {
   std::string drain_timeout = "30";
   std::string weights_dtype = "bf16";
   std::string kv_dtype = "bf16";
+  std::string admission = "reserve";
 };
 
 int64_t ParseWholeNumber(const std::string& text, const char* flag, int64_t min, int64_t max,
@@ -69,6 +70,12 @@ DType ParseDType(const std::string& text, const char* flag) {
   if (text == "bf16") return DType::kBF16;
   if (text == "f32") return DType::kF32;
   Fail(flag, " '", text, "': expected bf16 or f32");
+}
+
+EngineOptions::Admission ParseAdmission(const std::string& text) {
+  if (text == "reserve") return EngineOptions::Admission::kReserveFull;
+  if (text == "optimistic") return EngineOptions::Admission::kOptimistic;
+  Fail("--admission '", text, "': expected reserve or optimistic");
 }
 
 // What /v1/models calls the model: the directory's name.
@@ -92,12 +99,17 @@ void LogKvPlan(const ModelConfig& config, const EngineOptions& options, int64_t 
   std::fprintf(stderr,
                "mixattn serve: KV cache %s (%lld blocks of %lld tokens), %s per token with %zu of "
                "%d layers caching K/V: %lld sequences of the full %lld-token context fit, where "
-               "standard attention of the same shape fits %lld\n",
+               "standard attention of the same shape fits %lld; admission %s\n",
                FormatBytes(options.kv_memory_bytes).c_str(), static_cast<long long>(num_blocks),
                static_cast<long long>(options.block_tokens),
                FormatBytes(plan.kv_bytes_per_token(options.kv_dtype)).c_str(),
                plan.kv_owners().size(), config.num_layers(), static_cast<long long>(fits(plan)),
-               static_cast<long long>(context), static_cast<long long>(fits(standard_plan)));
+               static_cast<long long>(context), static_cast<long long>(fits(standard_plan)),
+               options.admission == EngineOptions::Admission::kReserveFull
+                   ? "reserve (a request starts only when its full-length KV fits; none is "
+                     "preempted)"
+                   : "optimistic (when KV runs out the newest request is preempted and "
+                     "recomputed)");
 }
 
 void RunServe(const ServeOptions& options) {
@@ -108,6 +120,7 @@ void RunServe(const ServeOptions& options) {
   engine_options.max_running = ParseWholeNumber(options.max_batch, "--max-batch", 1, 1 << 16);
   engine_options.weights_dtype = ParseDType(options.weights_dtype, "--weights-dtype");
   engine_options.kv_dtype = ParseDType(options.kv_dtype, "--kv-dtype");
+  engine_options.admission = ParseAdmission(options.admission);
   const int64_t max_waiting = ParseWholeNumber(options.max_waiting, "--max-waiting", 1, 1 << 16);
   const int64_t max_body = ParseByteSize(options.max_body, "--max-body");
   if (max_body < 1024) Fail("--max-body '", options.max_body, "': expected at least 1KiB");
@@ -229,6 +242,13 @@ void RegisterServeCommand(CLI::App& app) {
       ->capture_default_str();
   limits->add_option("--kv-dtype", options->kv_dtype, "bf16 or f32")
       ->type_name("DTYPE")
+      ->capture_default_str();
+  limits
+      ->add_option("--admission", options->admission,
+                   "reserve: admit a request only when its full-length KV fits, never preempt; "
+                   "optimistic: admit more at once, preempting and recomputing the newest when "
+                   "KV runs out")
+      ->type_name("MODE")
       ->capture_default_str();
   command->callback([options]() { RunServe(*options); });
 }

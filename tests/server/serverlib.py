@@ -86,9 +86,10 @@ class Server:
     """`mixattn serve` on a free loopback port. Its stderr is collected; the port is read from
     the line it prints once it listens."""
 
-    def __init__(self, mixattn, model, *flags, api_key=None):
+    def __init__(self, mixattn, model, *flags, api_key=None, kv_memory="64MiB"):
         self.api_key = api_key
-        argv = [mixattn, "serve", "--model", model, "--port", "0", "--kv-memory", "64MiB", *flags]
+        argv = [mixattn, "serve", "--model", model, "--port", "0", "--kv-memory", kv_memory,
+                *flags]
         if api_key:
             argv += ["--api-key", api_key]
         self.process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True, env=ENGINE_ENV)

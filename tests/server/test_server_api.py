@@ -9,6 +9,8 @@
   - too many waiting requests get 429 with Retry-After;
   - SIGTERM: new requests get 503, requests in flight finish (or, past the deadline, end with an
     error event), and the process exits 0;
+  - with --admission optimistic and little KV memory, concurrent requests are preempted and
+    recomputed, and each gets the text it gets alone;
   - bad flags exit 1 with a message naming the problem.
 
 Usage: test_server_api.py --mixattn PATH --workdir DIR
@@ -19,9 +21,10 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 
-from serverlib import (Checks, Server, engine_idle, generate, kv_blocks_used, make_model,
+from serverlib import (WORDS, Checks, Server, engine_idle, generate, kv_blocks_used, make_model,
                        read_events, run)
 
 API_KEY = "test-key-123"
@@ -411,6 +414,85 @@ def check_overload_and_drain(checks, mixattn, model):
             server.process.kill()
 
 
+def kv_blocks_per_request(config, tokens, block_tokens=64, chunk=256):
+    """KvPlan::kv_blocks_per_sequence for the engine's default block size and prefill chunk (serve
+    keeps both): a full owner holds ceil(T / B) blocks, a sliding one at most
+    ceil((W + min(C, T) - 2) / B) + 1 while it writes a chunk. Admission reserves this many."""
+    blocks = 0
+    for layer, source in enumerate(config["kv_source_layers"]):
+        if source != layer:
+            continue  # reads another layer's KV
+        whole = -(-tokens // block_tokens)
+        window = config["sliding_window"][layer]
+        blocks += whole if window is None else min(
+            whole, -(-(window + min(chunk, tokens) - 2) // block_tokens) + 1)
+    return blocks
+
+
+def check_optimistic_admission(checks, mixattn, model):
+    """--admission optimistic with KV memory for one request at --max-context: eight concurrent
+    greedy requests run out of blocks, so some are preempted and recomputed, and each still gets
+    exactly the text it gets alone (f32 weights and KV: batched and alone logits are equal)."""
+    with open(os.path.join(model, "config.json")) as f:
+        config = json.load(f)
+    max_context, max_tokens, requests = 512, 400, 8
+    block_bytes = 2 * 64 * config["num_key_value_heads"] * config["head_dim"] * 4  # f32
+    # 26 blocks for this model: just what one request at --max-context reserves, so each request
+    # (prompt + 400 tokens <= 512) is accepted. Decoding at T tokens a request holds
+    # ceil(T / 64) full blocks and 2 per sliding owner (a 64-token window spans 2 blocks), so
+    # any three requests past 200 tokens at once need 3 * (4 + 6) = 30 > 26 blocks: unless the
+    # eight requests, released together, arrived spread over several request lifetimes, blocks
+    # run out and the newest running request is preempted.
+    pool_blocks = kv_blocks_per_request(config, max_context)
+    server = Server(mixattn, model, "--admission", "optimistic", "--weights-dtype", "f32",
+                    "--kv-dtype", "f32", "--max-context", str(max_context),
+                    kv_memory=f"{pool_blocks * block_bytes // 1024}KiB")
+    try:
+        checks.check(f"({pool_blocks} blocks of 64 tokens)" in server.stderr() and
+                     "admission optimistic" in server.stderr(),
+                     f"the start-up line states the pool and the admission: {server.stderr()}")
+        prompts = [" ".join(WORDS[3 * i:3 * i + 3 + i % 3]) for i in range(requests)]
+
+        def complete(prompt):
+            return server.json("POST", COMPLETIONS, {"prompt": prompt, "max_tokens": max_tokens,
+                                                     "temperature": 0, "ignore_eos": True})
+
+        batched = [None] * requests
+        start = threading.Barrier(requests)
+
+        def send(i):
+            start.wait()
+            batched[i] = complete(prompts[i])
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(requests)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        preemptions = server.metrics()["mixattn:num_preemptions_total"]
+        print(f"optimistic admission: {requests} requests of {max_tokens} tokens in "
+              f"{pool_blocks} KV blocks, {preemptions:.0f} preemptions")
+        checks.check(preemptions > 0, f"requests were preempted: {preemptions}")
+        for i, (status, _, data) in enumerate(batched):
+            choice = data.get("choices", [{}])[0]
+            checks.check(status == 200 and choice.get("finish_reason") == "length" and
+                         data["usage"]["completion_tokens"] == max_tokens,
+                         f"batched request {i}: 200, length, {max_tokens} tokens: {status} "
+                         f"{str(data)[:300]}")
+            status, _, alone = complete(prompts[i])
+            checks.check(status == 200 and choice.get("text") == alone["choices"][0]["text"],
+                         f"batched request {i} (maybe preempted) gives the text it gives alone: "
+                         f"{choice.get('text')!r} vs {alone}")
+        checks.check(server.metrics()["mixattn:num_preemptions_total"] == preemptions,
+                     "a request alone is not preempted")
+        still_serving(checks, server, "preemptions")
+        code = server.terminate()
+        checks.check(code == 0, f"exit code 0 after SIGTERM: {code}")
+    finally:
+        if server.process.poll() is None:
+            server.process.kill()
+
+
 def check_flags(checks, mixattn, model, workdir):
     no_tokenizer = os.path.join(workdir, "no_tokenizer")
     os.makedirs(no_tokenizer, exist_ok=True)
@@ -443,6 +525,7 @@ def check_flags(checks, mixattn, model, workdir):
         (["--max-body", "10"], "--max-body"),
         (["--drain-timeout", "soon"], "--drain-timeout"),
         (["--kv-dtype", "f16"], "--kv-dtype"),
+        (["--admission", "sometimes"], "--admission"),
     ]
     for flags, expected in cases:
         port = [] if "--port" in flags else ["--port", "0"]
@@ -484,6 +567,7 @@ def main():
         if server.process.poll() is None:
             server.process.kill()
     check_overload_and_drain(checks, args.mixattn, model)
+    check_optimistic_admission(checks, args.mixattn, model)
     print(f"took {time.monotonic() - started:.1f} s")
     return checks.exit_code("server_api")
 
