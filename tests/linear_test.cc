@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -164,6 +165,35 @@ TEST(LinearTest, SameObjectTakesAnyRowCountInAnyOrder) {
       } else {
         EXPECT_EQ(y, first) << "M=" << rows << " is not deterministic across calls";
       }
+    }
+  }
+}
+
+// Batch invariance up to kMaxSmallRows: a row's result is bit for bit the same whether it is
+// multiplied alone or beside up to 7 other rows, on every instruction set, so a decoding request's
+// logits do not depend on how many others share its step (at small batches). Shapes with a K tail
+// (K = 100, 257) and full blocks only (K = 512).
+TEST(LinearTest, SmallBatchRowsDoNotDependOnTheirNeighbours) {
+  const int64_t n = 37;
+  for (int64_t k : {100, 257, 512}) {
+    const std::vector<float> w = RandomVector(n * k, 11 + static_cast<uint64_t>(k));
+    const std::vector<float> x = RandomVector(Linear::kMaxSmallRows * k, 12);
+    for (DType dtype : {DType::kF32, DType::kBF16}) {
+      const Linear linear(w.data(), n, k, dtype);
+      for (SimdLevel level : SimdLevels()) {
+        SetSimdLevelCap(level);
+        std::vector<float> alone(static_cast<size_t>(Linear::kMaxSmallRows * n));
+        for (int64_t r = 0; r < Linear::kMaxSmallRows; ++r)
+          linear.Forward(x.data() + r * k, 1, alone.data() + r * n);
+        for (int64_t rows = 2; rows <= Linear::kMaxSmallRows; ++rows) {
+          std::vector<float> together(static_cast<size_t>(rows * n));
+          linear.Forward(x.data(), rows, together.data());
+          EXPECT_TRUE(std::equal(together.begin(), together.end(), alone.begin()))
+              << "K=" << k << " " << DTypeName(dtype) << " " << SimdName(level) << ": M=" << rows
+              << " differs from the rows alone";
+        }
+      }
+      SetSimdLevelCap(SimdLevel::kAvx512);  // no cap
     }
   }
 }

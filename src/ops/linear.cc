@@ -110,8 +110,9 @@ constexpr int kWeightPrefetchBytes = 8192;
 // y[m, n] (row stride ldy) = sums[m][n] plus the products of the K positions [kk, K) that the
 // vector loop left (x there in natural order): the end of every DotTile.
 template <int MR, int NR, typename Weight>
-void FinishTile(const float (&sums)[MR][NR], const float* x, const Weight* w, int64_t k, int64_t kk,
-                float* y, int64_t ldy) {
+inline __attribute__((always_inline)) void FinishTile(const float (&sums)[MR][NR], const float* x,
+                                                      const Weight* w, int64_t k, int64_t kk,
+                                                      float* y, int64_t ldy) {
   for (int m = 0; m < MR; ++m) {
     for (int n = 0; n < NR; ++n) {
       float sum = sums[m][n];
@@ -208,8 +209,7 @@ MIXATTN_AVX2 void DotTileAvx2(const float* x, const Weight* w, int64_t k, float*
 // weights) feeds two FMAs per row of x. With 32 vector registers MR * NR = 16 accumulators fit.
 // ops_bench BM_LinearColdStack (M = 4, 2 threads, weights from DRAM) and a standalone copy of both
 // kernels run in turns: 25.5-29.5 GB/s with AVX2, 33.1-34.1 with this; in ops_bench alone, M = 4:
-// 22.2-24.6 -> 27.0-31.5 GB/s, M = 8: 11.1-12.1 -> 15.2-16.7. A single row keeps AVX2
-// (SmallRowsLevel).
+// 22.2-24.6 -> 27.0-31.5 GB/s, M = 8: 11.1-12.1 -> 15.2-16.7; M = 1: 47-52 -> 44-48.
 
 constexpr int64_t kPairBlock512 = 32;
 
@@ -361,14 +361,6 @@ MIXATTN_AVX512 void PairSplitRowsAvx512(float* x, int64_t rows, int64_t k) {
   }
 }
 
-// The small-batch kernel for `rows` rows: AVX-512 from 2 rows up. A single row is bound by DRAM
-// either way, and there the AVX2 kernel measured 5-8% faster (BM_LinearColdStack, M = 1: 47-52
-// against 44-48 GB/s, in turns), so it keeps AVX2.
-SimdLevel SmallRowsLevel(int64_t rows) {
-  const SimdLevel level = ActiveSimdLevel();
-  return rows == 1 ? std::min(level, SimdLevel::kAvx2) : level;
-}
-
 // Puts x into the layout the small-batch bf16 kernel of `level` reads.
 void PairSplitRows(SimdLevel level, float* x, int64_t rows, int64_t k) {
   if (level == SimdLevel::kAvx512) PairSplitRowsAvx512(x, rows, k);
@@ -511,7 +503,11 @@ struct Linear::Impl {
   }
 
   void Forward(const float* x, int64_t rows, float* y) {
-    const SimdLevel level = SmallRowsLevel(rows);
+    // One kernel for every M <= kMaxSmallRows, so a row's result does not depend on how many rows
+    // share the call (each row's sum runs in the same order in any tile): a request decodes the
+    // same alone as beside up to 7 others. (At M = 1, where DRAM bounds both, the AVX2 kernel
+    // measured 5-8% faster, but switching kernels by M would give up that invariance.)
+    const SimdLevel level = ActiveSimdLevel();
     if (dtype == DType::kF32) {
       if (rows <= kMaxSmallRows) return SmallRows(level, x, rows, weight_f32.data(), n, k, y);
       return GetPlan().whole->Run(rows, x, weight_f32.data(), y);
@@ -580,7 +576,7 @@ int64_t Linear::weight_bytes() const { return impl_->n * impl_->k * DTypeSize(im
 
 std::string Linear::KernelName(int64_t rows) const {
   if (rows <= kMaxSmallRows) {
-    switch (SmallRowsLevel(rows)) {
+    switch (ActiveSimdLevel()) {
       case SimdLevel::kAvx512:
         return "mixattn:dot_avx512";
       case SimdLevel::kAvx2:
