@@ -295,6 +295,86 @@ TEST(EngineTest, GreedyOutputIsTheSameAloneAndInABatchThatOthersJoin) {
   }
 }
 
+// SmallOptions (16 MiB of KV) with the engine's default bf16 weights and KV.
+EngineOptions Bf16SmallOptions() {
+  EngineOptions options = SmallOptions(int64_t{1} << 24);
+  options.weights_dtype = DType::kBF16;
+  options.kv_dtype = DType::kBF16;
+  return options;
+}
+
+// The logits rows a logits observer sees, per sequence in the order they come, each sequence named
+// by the prompt (of `prompts`) its first item starts.
+struct LogitsByPrompt {
+  LogitsByPrompt(const std::vector<std::vector<int>>& prompts_in, int64_t vocab_in)
+      : prompts(&prompts_in), vocab(vocab_in) {}
+
+  const std::vector<std::vector<int>>* prompts;
+  int64_t vocab;
+  std::map<SequenceId, size_t> prompt_of;
+  std::map<size_t, std::vector<std::vector<float>>> rows;  // prompt index -> rows
+
+  void operator()(std::span<const BatchItem> items, const std::vector<float>& logits) {
+    const float* row = logits.data();
+    for (const BatchItem& item : items) {
+      if (item.start == 0) {
+        for (size_t p = 0; p < prompts->size(); ++p) {
+          const std::vector<int>& prompt = (*prompts)[p];
+          if (prompt.size() >= item.tokens.size() &&
+              std::equal(item.tokens.begin(), item.tokens.end(), prompt.begin()))
+            prompt_of[item.sequence] = p;
+        }
+      }
+      if (!item.want_logits) continue;
+      ASSERT_TRUE(prompt_of.contains(item.sequence));
+      rows[prompt_of.at(item.sequence)].emplace_back(row, row + vocab);
+      row += vocab;
+    }
+  }
+};
+
+// With batch_invariant, the engine's default bf16 weights and KV give every request the same
+// logits, bit for bit, alone and in a batch that others join while it decodes, for every preset:
+// every matmul row takes the row-invariant kernel (prefill chunks of 16 rows and steps of more
+// than 8 decodes included), and the attention kernel computes a query the same way whatever tile
+// or chunk it lands in. (Without the option the batched logits differ in the last bits.)
+TEST(EngineTest, BatchInvariantBf16LogitsAreTheSameAloneAndInABatchThatOthersJoin) {
+  for (const PresetInfo& preset : Presets()) {
+    const ModelConfig config = MakePresetConfig(preset.name, EngineShape());
+    const ModelWeights weights = RandomWeights(config, 35, 0.1);
+    EngineOptions options = Bf16SmallOptions();
+    options.batch_invariant = true;
+    const std::vector<std::vector<int>> prompts = WavePrompts(config);
+    constexpr int64_t kMaxTokens = 32;
+    LogitsByPrompt alone(prompts, config.vocab_size);
+    std::vector<std::vector<int>> alone_tokens;
+    for (const auto& prompt : prompts) {
+      Engine engine(config, weights, options, nullptr);
+      engine.set_logits_observer([&](std::span<const BatchItem> items,
+                                     const std::vector<float>& logits) { alone(items, logits); });
+      const RequestId id = engine.Submit(Greedy(prompt, kMaxTokens));
+      alone_tokens.push_back(RunToCompletion(engine)[id]);
+      ASSERT_EQ(alone_tokens.back().size(), static_cast<size_t>(kMaxTokens)) << preset.name;
+    }
+    Engine engine(config, weights, options, nullptr);
+    DecodeCounter decodes;
+    LogitsByPrompt together(prompts, config.vocab_size);
+    engine.set_logits_observer(
+        [&](std::span<const BatchItem> items, const std::vector<float>& logits) {
+          decodes(items);
+          together(items, logits);
+        });
+    const auto together_tokens = RunInWaves(engine, prompts, kMaxTokens);
+    EXPECT_GT(decodes.most_decodes, ops::Linear::kMaxSmallRows) << preset.name;
+    for (size_t b = 0; b < prompts.size(); ++b) {
+      EXPECT_EQ(together_tokens[b], alone_tokens[b]) << preset.name << " request " << b;
+      ASSERT_EQ(together.rows[b].size(), static_cast<size_t>(kMaxTokens)) << preset.name;
+      EXPECT_TRUE(together.rows[b] == alone.rows[b])
+          << preset.name << " request " << b << ": logits differ from the request alone";
+    }
+  }
+}
+
 // The same batches in the engine's default bf16 weights and KV. Greedy tokens alone and in a batch
 // need not be equal here: the small-batch kernel and oneDNN add the same f32 products in different
 // orders, so a value differs by about an f32 ulp now and then; rounded to bf16 (each Linear's
@@ -302,15 +382,13 @@ TEST(EngineTest, GreedyOutputIsTheSameAloneAndInABatchThatOthersJoin) {
 // relative jump that the KV cache carries forward. Measured on characterai: logits alone and
 // batched equal to 0-2e-7 for 12 steps, then 4e-4, then 4e-3 to 1.2e-2 at every later step; one
 // step's top two logits alone were 4.4e-3 apart and swapped. So here every logits row the batched
-// engine computes is checked against the f32 reference forward at bf16's tolerance instead.
+// engine computes is checked against the f32 reference forward at bf16's tolerance instead
+// (EngineOptions::batch_invariant makes them equal; tested above).
 TEST(EngineTest, Bf16BatchThatOthersJoinStaysCloseToReference) {
   for (const PresetInfo& preset : Presets()) {
     const ModelConfig config = MakePresetConfig(preset.name, EngineShape());
     const ModelWeights weights = RandomWeights(config, 33, 0.1);
-    EngineOptions options = SmallOptions(int64_t{1} << 24);
-    options.weights_dtype = DType::kBF16;
-    options.kv_dtype = DType::kBF16;
-    Engine engine(config, weights, options, nullptr);
+    Engine engine(config, weights, Bf16SmallOptions(), nullptr);
     // Per sequence: its tokens, and the logits rows computed for it with their positions.
     struct Seen {
       std::vector<int> tokens;

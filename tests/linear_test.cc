@@ -198,6 +198,36 @@ TEST(LinearTest, SmallBatchRowsDoNotDependOnTheirNeighbours) {
   }
 }
 
+// LargeBatches::kRowInvariant extends that to any M (17 and 64 rows here, where kOneDnn would hand
+// the product to oneDNN), and the results still match the reference.
+TEST(LinearTest, RowInvariantRowsDoNotDependOnTheirNeighboursAtAnyM) {
+  const int64_t n = 37, k = 257;
+  const std::vector<float> w = RandomVector(n * k, 21);
+  const std::vector<float> x = RandomVector(64 * k, 22);
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Linear linear(w.data(), n, k, dtype, Bf16Matmul::kAuto, LargeBatches::kRowInvariant);
+    const std::vector<float> w_used = dtype == DType::kF32 ? w : RoundedToBf16(w);
+    const std::vector<float> x_used = dtype == DType::kF32 ? x : RoundedToBf16(x);
+    for (SimdLevel level : SimdLevels()) {
+      SetSimdLevelCap(level);
+      std::vector<float> alone(static_cast<size_t>(64 * n));
+      for (int64_t r = 0; r < 64; ++r) linear.Forward(x.data() + r * k, 1, alone.data() + r * n);
+      for (int64_t rows : {17, 64}) {
+        std::vector<float> together(static_cast<size_t>(rows * n)), want(together.size()),
+            scale(together.size());
+        linear.Forward(x.data(), rows, together.data());
+        EXPECT_TRUE(std::equal(together.begin(), together.end(), alone.begin()))
+            << DTypeName(dtype) << " " << SimdName(level) << ": M=" << rows;
+        EXPECT_EQ(linear.KernelName(rows), linear.KernelName(1));
+        MatMulTransposedScalar(x_used.data(), w_used.data(), rows, n, k, want.data());
+        MatMulTransposedScalar(Abs(x).data(), Abs(w).data(), rows, n, k, scale.data());
+        ExpectWithin(together, want, scale, kF32Tolerance, ShapeName(rows, n, k));
+      }
+    }
+    SetSimdLevelCap(SimdLevel::kAvx512);  // no cap
+  }
+}
+
 // A server meets every batch size from 1 to max_batch_tokens (issue 5): one object takes every M
 // from kMaxSmallRows + 1 to 600, a few large ones and then small ones again, stays correct, and
 // keeps at most Linear::kMaxCachedPrimitives oneDNN primitives throughout, built once. Shape: K =

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "cli/commands.h"
+#include "cli/model_loading.h"
 #include "cli/model_source.h"
 #include "core/error.h"
 #include "core/random.h"
@@ -54,6 +55,7 @@ struct BenchOptions {
   int repeats = 3;
   std::string weights_dtype = "bf16";
   std::string kv_dtype = "bf16";
+  bool batch_invariant = false;  // EngineOptions::batch_invariant
   std::string json_path;
   std::string plot_path;
 };
@@ -142,7 +144,9 @@ class PresetBench {
               const BenchOptions& options)
       : name_(std::move(name)),
         options_(options),
-        runner_(config, weights, ParseDType(options.weights_dtype)),
+        runner_(config, weights, ParseDType(options.weights_dtype),
+                options.batch_invariant ? ops::LargeBatches::kRowInvariant
+                                        : ops::LargeBatches::kOneDnn),
         kv_dtype_(ParseDType(options.kv_dtype)) {}
 
   const ModelRunner& runner() const { return runner_; }
@@ -572,6 +576,7 @@ void RegisterBenchCommand(CLI::App& app) {
   command->add_option("--kv-dtype", options->kv_dtype)
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
+  command->add_flag("--batch-invariant", options->batch_invariant, kBatchInvariantHelp);
   command->add_option("--json", options->json_path,
                       "write one JSON object per preset x context x batch to this file");
   command

@@ -48,6 +48,7 @@ void AddEngineFlags(CLI::App& command, EngineFlags& flags) {
   engine->add_option("--kv-dtype", flags.kv_dtype, "bf16 or f32")
       ->check(CLI::IsMember({"bf16", "f32"}))
       ->capture_default_str();
+  engine->add_flag("--batch-invariant", flags.batch_invariant, kBatchInvariantHelp);
 }
 
 EngineOptions ToEngineOptions(const EngineFlags& flags) {
@@ -55,6 +56,7 @@ EngineOptions ToEngineOptions(const EngineFlags& flags) {
   options.kv_memory_bytes = ParseByteSize(flags.kv_memory, "--kv-memory");
   options.weights_dtype = flags.weights_dtype == "f32" ? DType::kF32 : DType::kBF16;
   options.kv_dtype = flags.kv_dtype == "f32" ? DType::kF32 : DType::kBF16;
+  options.batch_invariant = flags.batch_invariant;
   return options;
 }
 

@@ -38,7 +38,12 @@ struct EngineFlags {
   std::string kv_memory = "1GiB";
   std::string weights_dtype = "bf16";
   std::string kv_dtype = "bf16";
+  bool batch_invariant = false;
 };
+// Help text of --batch-invariant (EngineOptions::batch_invariant), for every command that has it.
+inline constexpr const char* kBatchInvariantHelp =
+    "every matmul row through the row-invariant kernel, so a request's output is bit for bit the "
+    "same alone and in any batch (bf16 too); prefill runs slower";
 // Adds the flags as an "Engine" option group of `command`, bound to `flags`.
 void AddEngineFlags(CLI::App& command, EngineFlags& flags);
 // Engine options from the flags (the rest at their defaults); throws Error for a bad size.

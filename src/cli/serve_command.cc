@@ -53,6 +53,7 @@ struct ServeOptions {
   std::string weights_dtype = "bf16";
   std::string kv_dtype = "bf16";
   std::string admission = "reserve";
+  bool batch_invariant = false;
 };
 
 int64_t ParseWholeNumber(const std::string& text, const char* flag, int64_t min, int64_t max,
@@ -121,6 +122,7 @@ void RunServe(const ServeOptions& options) {
   engine_options.weights_dtype = ParseDType(options.weights_dtype, "--weights-dtype");
   engine_options.kv_dtype = ParseDType(options.kv_dtype, "--kv-dtype");
   engine_options.admission = ParseAdmission(options.admission);
+  engine_options.batch_invariant = options.batch_invariant;
   const int64_t max_waiting = ParseWholeNumber(options.max_waiting, "--max-waiting", 1, 1 << 16);
   const int64_t max_body = ParseByteSize(options.max_body, "--max-body");
   if (max_body < 1024) Fail("--max-body '", options.max_body, "': expected at least 1KiB");
@@ -250,6 +252,7 @@ void RegisterServeCommand(CLI::App& app) {
                    "KV runs out")
       ->type_name("MODE")
       ->capture_default_str();
+  limits->add_flag("--batch-invariant", options->batch_invariant, kBatchInvariantHelp);
   command->callback([options]() { RunServe(*options); });
 }
 

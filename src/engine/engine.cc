@@ -43,7 +43,9 @@ Engine::Engine(const ModelConfig& config, const ModelWeights& weights, const Eng
     : config_(config),
       options_(options),
       tokenizer_(tokenizer),
-      runner_(config, weights, options.weights_dtype),
+      runner_(
+          config, weights, options.weights_dtype,
+          options.batch_invariant ? ops::LargeBatches::kRowInvariant : ops::LargeBatches::kOneDnn),
       pool_(PoolBlocks(config, options), options.block_tokens, config.num_key_value_heads,
             config.head_dim, options.kv_dtype),
       cache_(runner_.plan(), pool_) {}

@@ -67,6 +67,13 @@ struct EngineOptions {
   DType weights_dtype = DType::kBF16;
   DType kv_dtype = DType::kBF16;
   enum class Admission { kReserveFull, kOptimistic } admission = Admission::kReserveFull;
+  // Every matmul row through the small-batch kernel, whose per-row sums run in the same order
+  // whatever the batch (ops::LargeBatches::kRowInvariant): a request's output is then bit for bit
+  // the same alone and in any batch, in bf16 too. Off by default: prefill steps (hundreds of rows)
+  // run slower than on oneDNN. Without it, a step of more than Linear::kMaxSmallRows rows sums in
+  // oneDNN's order: logits move by about an f32 ulp (greedy f32 tokens agreed in every test), and
+  // in bf16 such a difference can cross a rounding boundary that the KV cache carries forward.
+  bool batch_invariant = false;
 };
 
 struct EngineStats {

@@ -8,34 +8,35 @@
 namespace mixattn {
 namespace {
 
-ops::Linear MakeLinear(const Tensor& weight, DType dtype) {
-  return ops::Linear(weight.data.data(), weight.shape[0], weight.shape[1], dtype);
+ops::Linear MakeLinear(const Tensor& weight, DType dtype, ops::LargeBatches large_batches) {
+  return ops::Linear(weight.data.data(), weight.shape[0], weight.shape[1], dtype,
+                     ops::Bf16Matmul::kAuto, large_batches);
 }
 
 }  // namespace
 
 ModelRunner::ModelRunner(const ModelConfig& config, const ModelWeights& weights,
-                         DType weights_dtype)
+                         DType weights_dtype, ops::LargeBatches large_batches)
     : config_(config),
       plan_(config),
       embed_tokens_(weights.embed_tokens.data),
       final_norm_(weights.final_norm.data),
-      output_(MakeLinear(weights.output_embedding(), weights_dtype)),
+      output_(MakeLinear(weights.output_embedding(), weights_dtype, large_batches)),
       rope_(config.max_position_embeddings, config.head_dim, config.rope_theta) {
   layers_.reserve(weights.layers.size());
   for (const LayerWeights& w : weights.layers) {
     Layer layer{w.input_norm.data,
-                MakeLinear(w.q_proj, weights_dtype),
+                MakeLinear(w.q_proj, weights_dtype, large_batches),
                 std::nullopt,
                 std::nullopt,
-                MakeLinear(w.o_proj, weights_dtype),
+                MakeLinear(w.o_proj, weights_dtype, large_batches),
                 w.post_attention_norm.data,
-                MakeLinear(w.gate_proj, weights_dtype),
-                MakeLinear(w.up_proj, weights_dtype),
-                MakeLinear(w.down_proj, weights_dtype)};
+                MakeLinear(w.gate_proj, weights_dtype, large_batches),
+                MakeLinear(w.up_proj, weights_dtype, large_batches),
+                MakeLinear(w.down_proj, weights_dtype, large_batches)};
     if (w.kv) {
-      layer.k_proj.emplace(MakeLinear(w.kv->k_proj, weights_dtype));
-      layer.v_proj.emplace(MakeLinear(w.kv->v_proj, weights_dtype));
+      layer.k_proj.emplace(MakeLinear(w.kv->k_proj, weights_dtype, large_batches));
+      layer.v_proj.emplace(MakeLinear(w.kv->v_proj, weights_dtype, large_batches));
     }
     layers_.push_back(std::move(layer));
   }

@@ -37,7 +37,10 @@ struct BatchItem {
 class ModelRunner {
  public:
   // Converts the f32 weights into the compute dtype once. `max_positions` bounds RoPE's table.
-  ModelRunner(const ModelConfig& config, const ModelWeights& weights, DType weights_dtype);
+  // kRowInvariant makes every row's logits independent of the other items of the batch (see
+  // EngineOptions::batch_invariant).
+  ModelRunner(const ModelConfig& config, const ModelWeights& weights, DType weights_dtype,
+              ops::LargeBatches large_batches = ops::LargeBatches::kOneDnn);
 
   const ModelConfig& config() const { return config_; }
   const KvPlan& plan() const { return plan_; }

@@ -301,8 +301,8 @@ void SmallRowsPass(SimdLevel level, const float* x, const Weight* w, int64_t n, 
   ForEachTile<MR, kNR>(x, w, n, k, y, &DotTileAvx2<MR, kNR, Weight>, &DotTileAvx2<MR, 1, Weight>);
 }
 
-// x[rows, K] (rows <= kMaxSmallRows; pair-split for bf16 as PairSplitRows(level) leaves it) times
-// w[N, K]^T into y[rows, N] with the kernel of `level`.
+// x[rows, K] (any rows, in passes of 4; pair-split for bf16 as PairSplitRows(level) leaves it)
+// times w[N, K]^T into y[rows, N] with the kernel of `level`.
 template <typename Weight>
 void SmallRows(SimdLevel level, const float* x, int64_t rows, const Weight* w, int64_t n, int64_t k,
                float* y) {
@@ -455,6 +455,12 @@ struct Linear::Impl {
   int64_t k = 0;  // K
   DType dtype = DType::kBF16;
   Bf16Matmul bf16_matmul = Bf16Matmul::kAuto;
+  LargeBatches large_batches = LargeBatches::kOneDnn;
+
+  // Whether `rows` rows take the small-batch kernel rather than oneDNN.
+  bool SmallKernel(int64_t rows) const {
+    return rows <= kMaxSmallRows || large_batches == LargeBatches::kRowInvariant;
+  }
   std::vector<float, CacheLineAllocator<float>> weight_f32;         // [N, K] when dtype is f32
   std::vector<uint16_t, CacheLineAllocator<uint16_t>> weight_bf16;  // [N, K] when dtype is bf16
   int64_t panel_rows = 0;  // weight rows per widened panel (bf16 only)
@@ -509,10 +515,10 @@ struct Linear::Impl {
     // measured 5-8% faster, but switching kernels by M would give up that invariance.)
     const SimdLevel level = ActiveSimdLevel();
     if (dtype == DType::kF32) {
-      if (rows <= kMaxSmallRows) return SmallRows(level, x, rows, weight_f32.data(), n, k, y);
+      if (SmallKernel(rows)) return SmallRows(level, x, rows, weight_f32.data(), n, k, y);
       return GetPlan().whole->Run(rows, x, weight_f32.data(), y);
     }
-    if (rows <= kMaxSmallRows) {
+    if (SmallKernel(rows)) {
       float* rounded = Grow(x_rounded, rows * k);
       RoundToBf16(x, rows * k, rounded);
       PairSplitRows(level, rounded, rows, k);
@@ -537,7 +543,7 @@ struct Linear::Impl {
 };
 
 Linear::Linear(const float* weight, int64_t out_features, int64_t in_features, DType dtype,
-               Bf16Matmul bf16_matmul)
+               Bf16Matmul bf16_matmul, LargeBatches large_batches)
     : impl_(std::make_unique<Impl>()) {
   if (out_features < 1 || in_features < 1)
     Fail("Linear: out_features and in_features must be >= 1, got ", out_features, " x ",
@@ -548,6 +554,7 @@ Linear::Linear(const float* weight, int64_t out_features, int64_t in_features, D
   impl.k = in_features;
   impl.dtype = dtype;
   impl.bf16_matmul = bf16_matmul;
+  impl.large_batches = large_batches;
   const int64_t count = out_features * in_features;
   if (dtype == DType::kF32) {
     impl.weight_f32.assign(weight, weight + count);
@@ -575,7 +582,7 @@ DType Linear::dtype() const { return impl_->dtype; }
 int64_t Linear::weight_bytes() const { return impl_->n * impl_->k * DTypeSize(impl_->dtype); }
 
 std::string Linear::KernelName(int64_t rows) const {
-  if (rows <= kMaxSmallRows) {
+  if (impl_->SmallKernel(rows)) {
     switch (ActiveSimdLevel()) {
       case SimdLevel::kAvx512:
         return "mixattn:dot_avx512";

@@ -49,6 +49,13 @@ enum class Bf16Matmul {
   kWidenToF32,  // widen weight panels to f32, oneDNN f32 matmul (so tests cover it everywhere)
 };
 
+// How a Linear multiplies batches of more than Linear::kMaxSmallRows rows.
+enum class LargeBatches {
+  kOneDnn,        // oneDNN's matmul: fast, but a row's sums run in another order than at <= 8 rows
+  kRowInvariant,  // the small-batch kernel, 4 rows per pass: a row's result does not depend on the
+                  // other rows of the call (batch-invariant decoding), slower on large batches
+};
+
 class Linear {
  public:
   // Batches of at most this many rows take the small-batch kernel (see the file comment).
@@ -57,7 +64,8 @@ class Linear {
   // weight[N, K] in f32, copied (and rounded when dtype is bf16) into the object. Fails
   // (mixattn::Error) unless both sizes are >= 1.
   Linear(const float* weight, int64_t out_features, int64_t in_features, DType dtype = DType::kBF16,
-         Bf16Matmul bf16_matmul = Bf16Matmul::kAuto);
+         Bf16Matmul bf16_matmul = Bf16Matmul::kAuto,
+         LargeBatches large_batches = LargeBatches::kOneDnn);
   ~Linear();
   Linear(Linear&&) noexcept;
   Linear& operator=(Linear&&) noexcept;

@@ -153,6 +153,9 @@ def test_generate_default_model(m):
             check(a["text"].strip() != "", f"seeded generate produces text ({a['text']!r})")
             check(a["tokens"] == b["tokens"] and a["text"] == b["text"],
                   f"same --seed, same output at temperature 0.8 ({a['text']!r} vs {b['text']!r})")
+        r = run(m, *prompt, "--temperature", "0", "--json", "--batch-invariant", cwd=cwd)
+        check(r.returncode == 0 and json.loads(r.stdout)["text"].strip() != "",
+              f"generate --batch-invariant produces text ({r.stderr[-300:]})")
 
 
 def main():
