@@ -303,34 +303,45 @@ EngineOptions Bf16SmallOptions() {
   return options;
 }
 
-// The logits rows a logits observer sees, per sequence in the order they come, each sequence named
-// by the prompt (of `prompts`) its first item starts.
-struct LogitsByPrompt {
-  LogitsByPrompt(const std::vector<std::vector<int>>& prompts_in, int64_t vocab_in)
-      : prompts(&prompts_in), vocab(vocab_in) {}
+// What a logits observer sees, per sequence: its tokens, rebuilt from the batch items in order,
+// and each logits row computed for it with the position of the last token it has seen.
+struct LogitsRecorder {
+  struct Sequence {
+    std::vector<int> tokens;
+    std::vector<std::pair<int64_t, std::vector<float>>> rows;  // (position, logits [V])
+  };
 
-  const std::vector<std::vector<int>>* prompts;
-  int64_t vocab;
-  std::map<SequenceId, size_t> prompt_of;
-  std::map<size_t, std::vector<std::vector<float>>> rows;  // prompt index -> rows
+  explicit LogitsRecorder(int64_t vocab_size) : vocab(vocab_size) {}
 
   void operator()(std::span<const BatchItem> items, const std::vector<float>& logits) {
-    const float* row = logits.data();
+    int64_t row = 0;
     for (const BatchItem& item : items) {
-      if (item.start == 0) {
-        for (size_t p = 0; p < prompts->size(); ++p) {
-          const std::vector<int>& prompt = (*prompts)[p];
-          if (prompt.size() >= item.tokens.size() &&
-              std::equal(item.tokens.begin(), item.tokens.end(), prompt.begin()))
-            prompt_of[item.sequence] = p;
-        }
-      }
+      Sequence& sequence = sequences[item.sequence];
+      ASSERT_EQ(static_cast<int64_t>(sequence.tokens.size()), item.start);
+      sequence.tokens.insert(sequence.tokens.end(), item.tokens.begin(), item.tokens.end());
       if (!item.want_logits) continue;
-      ASSERT_TRUE(prompt_of.contains(item.sequence));
-      rows[prompt_of.at(item.sequence)].emplace_back(row, row + vocab);
-      row += vocab;
+      const float* begin = logits.data() + row * vocab;
+      sequence.rows.emplace_back(static_cast<int64_t>(sequence.tokens.size()) - 1,
+                                 std::vector<float>(begin, begin + vocab));
+      ++row;
     }
   }
+
+  // The one sequence whose tokens begin with `prompt`; null if none or several do.
+  const Sequence* Starting(const std::vector<int>& prompt) const {
+    const Sequence* found = nullptr;
+    for (const auto& [id, sequence] : sequences) {
+      if (sequence.tokens.size() < prompt.size() ||
+          !std::equal(prompt.begin(), prompt.end(), sequence.tokens.begin()))
+        continue;
+      if (found != nullptr) return nullptr;
+      found = &sequence;
+    }
+    return found;
+  }
+
+  int64_t vocab;
+  std::map<SequenceId, Sequence> sequences;
 };
 
 // With batch_invariant, the engine's default bf16 weights and KV give every request the same
@@ -346,19 +357,22 @@ TEST(EngineTest, BatchInvariantBf16LogitsAreTheSameAloneAndInABatchThatOthersJoi
     options.batch_invariant = true;
     const std::vector<std::vector<int>> prompts = WavePrompts(config);
     constexpr int64_t kMaxTokens = 32;
-    LogitsByPrompt alone(prompts, config.vocab_size);
+    std::vector<LogitsRecorder> alone;  // one engine per prompt
     std::vector<std::vector<int>> alone_tokens;
     for (const auto& prompt : prompts) {
       Engine engine(config, weights, options, nullptr);
-      engine.set_logits_observer([&](std::span<const BatchItem> items,
-                                     const std::vector<float>& logits) { alone(items, logits); });
+      LogitsRecorder& recorder = alone.emplace_back(config.vocab_size);
+      engine.set_logits_observer(
+          [&](std::span<const BatchItem> items, const std::vector<float>& logits) {
+            recorder(items, logits);
+          });
       const RequestId id = engine.Submit(Greedy(prompt, kMaxTokens));
       alone_tokens.push_back(RunToCompletion(engine)[id]);
       ASSERT_EQ(alone_tokens.back().size(), static_cast<size_t>(kMaxTokens)) << preset.name;
     }
     Engine engine(config, weights, options, nullptr);
     DecodeCounter decodes;
-    LogitsByPrompt together(prompts, config.vocab_size);
+    LogitsRecorder together(config.vocab_size);
     engine.set_logits_observer(
         [&](std::span<const BatchItem> items, const std::vector<float>& logits) {
           decodes(items);
@@ -368,8 +382,12 @@ TEST(EngineTest, BatchInvariantBf16LogitsAreTheSameAloneAndInABatchThatOthersJoi
     EXPECT_GT(decodes.most_decodes, ops::Linear::kMaxSmallRows) << preset.name;
     for (size_t b = 0; b < prompts.size(); ++b) {
       EXPECT_EQ(together_tokens[b], alone_tokens[b]) << preset.name << " request " << b;
-      ASSERT_EQ(together.rows[b].size(), static_cast<size_t>(kMaxTokens)) << preset.name;
-      EXPECT_TRUE(together.rows[b] == alone.rows[b])
+      const LogitsRecorder::Sequence* batched = together.Starting(prompts[b]);
+      const LogitsRecorder::Sequence* by_itself = alone[b].Starting(prompts[b]);
+      ASSERT_NE(batched, nullptr) << preset.name << " request " << b;
+      ASSERT_NE(by_itself, nullptr) << preset.name << " request " << b;
+      ASSERT_EQ(batched->rows.size(), static_cast<size_t>(kMaxTokens)) << preset.name;
+      EXPECT_TRUE(batched->rows == by_itself->rows)
           << preset.name << " request " << b << ": logits differ from the request alone";
     }
   }
@@ -389,34 +407,19 @@ TEST(EngineTest, Bf16BatchThatOthersJoinStaysCloseToReference) {
     const ModelConfig config = MakePresetConfig(preset.name, EngineShape());
     const ModelWeights weights = RandomWeights(config, 33, 0.1);
     Engine engine(config, weights, Bf16SmallOptions(), nullptr);
-    // Per sequence: its tokens, and the logits rows computed for it with their positions.
-    struct Seen {
-      std::vector<int> tokens;
-      std::vector<std::pair<int64_t, std::vector<float>>> rows;
-    };
-    std::map<SequenceId, Seen> seen;
+    LogitsRecorder seen(config.vocab_size);
     DecodeCounter decodes;
     engine.set_logits_observer(
         [&](std::span<const BatchItem> items, const std::vector<float>& logits) {
           decodes(items);
-          int64_t row = 0;
-          for (const BatchItem& item : items) {
-            Seen& sequence = seen[item.sequence];
-            ASSERT_EQ(static_cast<int64_t>(sequence.tokens.size()), item.start);
-            sequence.tokens.insert(sequence.tokens.end(), item.tokens.begin(), item.tokens.end());
-            if (!item.want_logits) continue;
-            const float* begin = logits.data() + row * config.vocab_size;
-            sequence.rows.emplace_back(static_cast<int64_t>(sequence.tokens.size()) - 1,
-                                       std::vector<float>(begin, begin + config.vocab_size));
-            ++row;
-          }
+          seen(items, logits);
         });
     const auto outputs = RunInWaves(engine, WavePrompts(config), 32);
     EXPECT_GT(decodes.most_decodes, ops::Linear::kMaxSmallRows) << preset.name;
     for (const auto& output : outputs) EXPECT_EQ(output.size(), 32u) << preset.name;
-    ASSERT_EQ(seen.size(), 12u) << preset.name;
+    ASSERT_EQ(seen.sequences.size(), 12u) << preset.name;
     double worst = 0;
-    for (const auto& [id, sequence] : seen) {
+    for (const auto& [id, sequence] : seen.sequences) {
       EXPECT_EQ(sequence.rows.size(), 32u) << preset.name;
       const Tensor reference = ReferenceForward(config, weights, sequence.tokens);
       for (const auto& [position, row] : sequence.rows)
@@ -571,29 +574,10 @@ TEST(EngineTest, LogitsMatchTheReferenceThroughPreemption) {
     options.kv_memory_bytes = longest * 3 / 2 * block_bytes;
     options.admission = EngineOptions::Admission::kOptimistic;
     Engine engine(config, weights, options, nullptr);
-    // Per sequence: its tokens, and the logits rows computed for it with their positions. The
-    // reference is causal, so one forward over a sequence's final tokens checks all its rows.
-    struct Seen {
-      std::vector<int> tokens;
-      std::vector<std::pair<int64_t, std::vector<float>>> rows;
-    };
-    std::map<SequenceId, Seen> seen;
-    DecodeCounter decodes;
-    engine.set_logits_observer(
-        [&](std::span<const BatchItem> items, const std::vector<float>& logits) {
-          decodes(items);
-          int64_t row = 0;
-          for (const BatchItem& item : items) {
-            Seen& sequence = seen[item.sequence];
-            ASSERT_EQ(static_cast<int64_t>(sequence.tokens.size()), item.start);
-            sequence.tokens.insert(sequence.tokens.end(), item.tokens.begin(), item.tokens.end());
-            if (!item.want_logits) continue;
-            const float* begin = logits.data() + row * config.vocab_size;
-            sequence.rows.emplace_back(static_cast<int64_t>(sequence.tokens.size()) - 1,
-                                       std::vector<float>(begin, begin + config.vocab_size));
-            ++row;
-          }
-        });
+    // The reference is causal, so one forward over a sequence's final tokens checks all its rows.
+    LogitsRecorder seen(config.vocab_size);
+    engine.set_logits_observer([&](std::span<const BatchItem> items,
+                                   const std::vector<float>& logits) { seen(items, logits); });
     for (int b = 0; b < 6; ++b) {
       engine.Submit(
           Greedy(RandomTokens(12 + 9 * b, config.vocab_size, 500 + static_cast<uint64_t>(b)), 24));
@@ -601,7 +585,7 @@ TEST(EngineTest, LogitsMatchTheReferenceThroughPreemption) {
     RunToCompletion(engine);
     int64_t rows_checked = 0;
     double worst = 0;
-    for (const auto& [id, sequence] : seen) {
+    for (const auto& [id, sequence] : seen.sequences) {
       const Tensor reference = ReferenceForward(config, weights, sequence.tokens);
       for (const auto& [position, row] : sequence.rows) {
         worst = std::max(worst, RelativeError(row.data(), reference, position, 1));

@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <string>
@@ -375,87 +376,74 @@ TEST(PagedAttentionTest, FreedLeadingBlocksChangeNothing) {
   }
 }
 
-// Freed blocks sit on pages with no access at all: touching one crashes the test.
-TEST(PagedAttentionTest, FastKernelNeverTouchesFreedBlocks) {
-  const auto page = static_cast<int64_t>(sysconf(_SC_PAGESIZE));
-  // B = 16, KVH = 2, D = 64, bf16: 8 KiB blocks, a whole number of pages.
-  const LayerShape shape{16, 64, 8, 2, /*window=*/20, DType::kBF16};
-  ASSERT_EQ(shape.block_bytes() % page, 0);
-  const SequenceData seq = MakeSequence(shape, 200, 11);
-  const std::vector<JobSpec> specs = {{&seq, 199, 1}, {&seq, 150, 30}, {&seq, 100, 1}};
+// Runs `specs` (a pool on its own mapping, blocks a whole number of pages) on every instruction set
+// with the first `untouchable(job)` logical blocks of each job on pages with no access at all, so
+// touching one crashes the test, and checks every output against the whole-sequence reference.
+// Adds the number of blocks so protected to `protected_blocks`.
+void CheckWithLeadingBlocksUnmapped(const LayerShape& shape, const SequenceData& seq,
+                                    const std::vector<JobSpec>& specs, uint64_t pool_seed,
+                                    const std::function<int64_t(const PreparedJob&)>& untouchable,
+                                    int64_t& protected_blocks) {
+  ASSERT_EQ(shape.block_bytes() % sysconf(_SC_PAGESIZE), 0);
   const int64_t blocks = BlocksNeeded(shape, specs);
   const auto bytes = static_cast<size_t>(blocks * shape.block_bytes());
   void* mapping = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   ASSERT_NE(mapping, MAP_FAILED);
   {
-    TestPool pool(shape, blocks, static_cast<std::byte*>(mapping), 5);
+    TestPool pool(shape, blocks, static_cast<std::byte*>(mapping), pool_seed);
     std::vector<PreparedJob> prepared = Prepare(shape, specs, pool);
-    int64_t protected_blocks = 0;
     for (const PreparedJob& p : prepared) {
-      for (int64_t b = 0; b < p.first_block; ++b, ++protected_blocks) {
+      const int64_t leading = untouchable(p);
+      for (int64_t b = 0; b < leading; ++b, ++protected_blocks) {
         ASSERT_EQ(mprotect(pool.block(p.ids[static_cast<size_t>(b)]),
                            static_cast<size_t>(shape.block_bytes()), PROT_NONE),
                   0);
       }
     }
-    EXPECT_EQ(protected_blocks, 11 + 8 + 5);  // first needed keys 180, 131, 81
     const std::vector<AttentionJob> jobs = MakeJobs(shape, pool, prepared);
     for (AttentionIsa isa : SupportedIsas()) {
       PagedAttention(jobs, shape.query_heads, isa);
       for (const PreparedJob& p : prepared) {
         const float* whole = seq.out.data() + p.spec.q_start * shape.query_heads * shape.head_dim;
         EXPECT_LE(MaxAbsDiff(p.out.data(), whole, p.out.size()), 1e-5 * MaxAbs(seq.out))
-            << AttentionIsaName(isa) << " " << JobName(p.spec);
+            << AttentionIsaName(isa) << " B=" << shape.block_tokens << " " << JobName(p.spec);
       }
     }
   }
   munmap(mapping, bytes);
 }
 
+// Freed blocks sit on pages with no access at all: touching one crashes the test.
+TEST(PagedAttentionTest, FastKernelNeverTouchesFreedBlocks) {
+  // B = 16, KVH = 2, D = 64, bf16: 8 KiB blocks, a whole number of pages.
+  const LayerShape shape{16, 64, 8, 2, /*window=*/20, DType::kBF16};
+  const SequenceData seq = MakeSequence(shape, 200, 11);
+  int64_t protected_blocks = 0;
+  CheckWithLeadingBlocksUnmapped(
+      shape, seq, {{&seq, 199, 1}, {&seq, 150, 30}, {&seq, 100, 1}}, 5,
+      [](const PreparedJob& p) { return p.first_block; }, protected_blocks);
+  EXPECT_EQ(protected_blocks, 11 + 8 + 5);  // first needed keys 180, 131, 81
+}
+
 // A sliding layer reading a full owner's cache sees a view that still holds every block, the ones
 // wholly before its window included: the kernel must skip those without touching them (so a
 // sliding reader's cost does not grow with the owner's length). They sit on pages with no access.
 TEST(PagedAttentionTest, FastKernelSkipsInViewBlocksBeforeTheWindow) {
-  const auto page = static_cast<int64_t>(sysconf(_SC_PAGESIZE));
   for (const int64_t block_tokens : {16, 64}) {
     // KVH = 2, D = 64, bf16: 8 KiB blocks at B = 16, 32 KiB at B = 64, whole numbers of pages.
     const LayerShape shape{block_tokens, 64, 8, 2, /*window=*/40, DType::kBF16};
-    ASSERT_EQ(shape.block_bytes() % page, 0);
     const SequenceData seq = MakeSequence(shape, 400, 17);
-    const std::vector<JobSpec> specs = {
-        {&seq, 399, 1, false}, {&seq, 300, 45, false}, {&seq, 170, 1, false}};
-    const int64_t blocks = BlocksNeeded(shape, specs);
-    const auto bytes = static_cast<size_t>(blocks * shape.block_bytes());
-    void* mapping =
-        mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    ASSERT_NE(mapping, MAP_FAILED);
-    {
-      TestPool pool(shape, blocks, static_cast<std::byte*>(mapping), 7);
-      std::vector<PreparedJob> prepared = Prepare(shape, specs, pool);
-      int64_t protected_blocks = 0;
-      for (const PreparedJob& p : prepared) {
-        ASSERT_EQ(p.first_block, 0) << "the view keeps the leading blocks";
-        // Blocks whose last key is before the first key the job's first query sees.
-        const int64_t first_key = FirstVisibleKey(p.spec.q_start, shape.window);
-        for (int64_t b = 0; (b + 1) * block_tokens <= first_key; ++b, ++protected_blocks) {
-          ASSERT_EQ(mprotect(pool.block(p.ids[static_cast<size_t>(b)]),
-                             static_cast<size_t>(shape.block_bytes()), PROT_NONE),
-                    0);
-        }
-      }
-      // First visible keys 360, 261, 131.
-      EXPECT_EQ(protected_blocks, block_tokens == 16 ? 22 + 16 + 8 : 5 + 4 + 2);
-      const std::vector<AttentionJob> jobs = MakeJobs(shape, pool, prepared);
-      for (AttentionIsa isa : SupportedIsas()) {
-        PagedAttention(jobs, shape.query_heads, isa);
-        for (const PreparedJob& p : prepared) {
-          const float* whole = seq.out.data() + p.spec.q_start * shape.query_heads * shape.head_dim;
-          EXPECT_LE(MaxAbsDiff(p.out.data(), whole, p.out.size()), 1e-5 * MaxAbs(seq.out))
-              << AttentionIsaName(isa) << " B=" << block_tokens << " " << JobName(p.spec);
-        }
-      }
-    }
-    munmap(mapping, bytes);
+    int64_t protected_blocks = 0;
+    CheckWithLeadingBlocksUnmapped(
+        shape, seq, {{&seq, 399, 1, false}, {&seq, 300, 45, false}, {&seq, 170, 1, false}}, 7,
+        [&](const PreparedJob& p) {
+          EXPECT_EQ(p.first_block, 0) << "the view keeps the leading blocks";
+          // Blocks whose last key is before the first key the job's first query sees.
+          return FirstVisibleKey(p.spec.q_start, shape.window) / block_tokens;
+        },
+        protected_blocks);
+    // First visible keys 360, 261, 131.
+    EXPECT_EQ(protected_blocks, block_tokens == 16 ? 22 + 16 + 8 : 5 + 4 + 2);
   }
 }
 

@@ -284,8 +284,8 @@ void SmallRowsPortable(const float* x, int64_t rows, const Weight* w, int64_t n,
   }
 }
 
-// Rows per pass of the AVX2 kernel; larger batches (up to kMaxSmallRows) take several passes, each
-// reading the weights again (from L2/L3 at these sizes).
+// Rows per pass of the small-batch kernel; larger batches take several passes, each reading the
+// weights again (from L2/L3 at decode sizes).
 constexpr int64_t kRowsPerPass = 4;
 
 // One pass of up to kRowsPerPass rows on AVX2 or AVX-512.

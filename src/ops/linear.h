@@ -6,11 +6,14 @@
 // Two paths, chosen per call by M. Timings below: development machine (AMD EPYC Zen 3, AVX2, no
 // AVX-512), one thread, N = K = 512, best of 20-40 runs on a shared, busy machine.
 //  * M <= kMaxSmallRows (decode batches): mixattn's own kernel loads each weight once per 4 rows
-//    and takes its dot products with them (AVX2 + FMA; portable loops elsewhere). M = 4: 36 us
+//    and takes its dot products with them (AVX-512 or AVX2 + FMA; portable loops elsewhere; each
+//    row's sums run in the same order whatever M, so rows do not depend on their neighbours, and
+//    LargeBatches::kRowInvariant keeps it for every M). AVX2 timings: M = 4: 36 us
 //    against oneDNN gemm:jit's 50-63 us; M = 8: 71-85 us against 82 (f32) and 102 (widened bf16).
 //    M = 1 matches oneDNN's f32 gemv (17-19 us), and bf16 weights take 11 us: decode is bound by
 //    the bytes of weights read. From M = 16 oneDNN is faster (122 us against 4 passes of 36).
-//  * M > kMaxSmallRows (prefill, training, and the mixed batches of continuous batching): oneDNN
+//  * M > kMaxSmallRows (prefill, training, and the mixed batches of continuous batching), unless
+//    kRowInvariant: oneDNN
 //    matmul with M as a runtime dimension, created on the first such call and cached in the object:
 //    at most kMaxCachedPrimitives primitives per object whatever the sequence of M, so a server's
 //    memory stays flat under varied batch sizes (issue 5; one primitive per distinct M grew it by
